@@ -1,0 +1,35 @@
+"""Turn per-class logits into one label image: value 1 + bank index, 0 for none of the requested classes."""
+
+from __future__ import annotations
+
+from typing import Literal
+
+import torch
+
+FUSIONS = ("argmax", "priority")
+Fusion = Literal["argmax", "priority"]
+
+
+def fuse(
+    logits: torch.Tensor, bank_ids: list[int] | torch.Tensor, fusion: Fusion = "argmax", threshold: float = 0.0
+) -> torch.Tensor:
+    """logits [..., N, H, W] of the requested classes (in request order) -> uint8 labels [..., H, W].
+
+    `bank_ids[i]` is the bank index of requested class i. argmax: the class with the highest logit, if that
+    logit is above `threshold`. priority: the first requested class whose logit is above `threshold`.
+    """
+    if fusion not in FUSIONS:
+        raise ValueError(f"fusion must be one of {', '.join(FUSIONS)}, got {fusion!r}")
+    values = torch.as_tensor(bank_ids, device=logits.device, dtype=torch.int64) + 1
+    if values.numel() != logits.shape[-3]:
+        raise ValueError(f"{values.numel()} bank ids for {logits.shape[-3]} logit maps")
+    if int(values.max()) > 255:
+        raise ValueError("label images are uint8: bank indices must be below 255")
+    if fusion == "argmax":
+        best, winner = logits.max(dim=-3)
+        present = best > threshold
+    else:
+        above = logits > threshold
+        winner = above.to(torch.uint8).argmax(dim=-3)
+        present = above.any(dim=-3)
+    return torch.where(present, values[winner], 0).to(torch.uint8)

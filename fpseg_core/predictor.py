@@ -1,0 +1,200 @@
+"""The user-facing API: `FPSeg.from_checkpoint(...)`, `model.predict(image, classes=[...])`."""
+
+from __future__ import annotations
+
+import time
+import warnings
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from .checkpoint import load_checkpoint
+from .errors import PromptBankError
+from .fusion import FUSIONS, Fusion, fuse
+from .modeling.build import FPSegConfig, build_fpseg
+from .modeling.fpseg import FPSegModel
+from .preprocess import INPUT_MODES, ColorOrder, InputMode, postprocess_logits, preprocess, to_rgb
+from .prompt_bank import PromptBank, decoder_fingerprint
+
+STAGES = ("preprocess", "encoder", "decoder", "postprocess")
+
+
+@dataclass
+class Segmentation:
+    """One segmented image: labels (H x W uint8, 1 + bank index, 0 = none), the classes asked for, and
+    per-stage wall times in milliseconds (keys: preprocess, encoder, decoder, postprocess, total)."""
+
+    labels: np.ndarray
+    classes: list[str]
+    timings_ms: dict[str, float] = field(default_factory=dict)
+
+
+class _StageTimer:
+    def __init__(self, device: torch.device) -> None:
+        self.device = device
+        self.timings_ms: dict[str, float] = {}
+        self._last = time.perf_counter()
+
+    def lap(self, stage: str) -> None:
+        if self.device.type == "cuda":
+            torch.cuda.synchronize(self.device)
+        now = time.perf_counter()
+        self.timings_ms[stage] = (now - self._last) * 1e3
+        self._last = now
+
+    def finish(self) -> dict[str, float]:
+        self.timings_ms["total"] = sum(self.timings_ms[s] for s in STAGES if s in self.timings_ms)
+        return self.timings_ms
+
+
+class FPSeg:
+    """A loaded FPSeg network with its prompt bank.
+
+    The encoder runs once per image; the decoder runs once for all requested classes (batched).
+    """
+
+    def __init__(
+        self,
+        model: FPSegModel,
+        bank: PromptBank,
+        device: str | torch.device = "cpu",
+        input_mode: InputMode = "squash",
+        fusion: Fusion = "argmax",
+        threshold: float = 0.0,
+        force_bank: bool = False,
+    ) -> None:
+        if input_mode not in INPUT_MODES:
+            raise ValueError(f"input_mode must be one of {', '.join(INPUT_MODES)}, got {input_mode!r}")
+        if fusion not in FUSIONS:
+            raise ValueError(f"fusion must be one of {', '.join(FUSIONS)}, got {fusion!r}")
+        self.device = torch.device(device)
+        self.model = model.to(self.device).eval()
+        self.fingerprint = decoder_fingerprint(self.model.state_dict())
+        self.input_mode: InputMode = input_mode
+        self.fusion: Fusion = fusion
+        self.threshold = float(threshold)
+        self.set_bank(bank, force=force_bank)
+
+    @classmethod
+    def from_checkpoint(
+        cls,
+        checkpoint: str | Path,
+        prompts: str | Path | PromptBank | None = None,
+        encoder: str | None = None,
+        force_prompts: bool = False,
+        **kwargs,
+    ) -> FPSeg:
+        """Load a SAM / MobileSAM / FPSeg / project checkpoint, and optionally a prompt bank file.
+
+        A SAM or MobileSAM checkpoint carries no trained prompts, so `prompts` is required for it.
+        Remaining keyword arguments go to the constructor (device, input_mode, fusion, threshold).
+        """
+        loaded = load_checkpoint(checkpoint, encoder=encoder)
+        bank = PromptBank.load(prompts) if isinstance(prompts, (str, Path)) else prompts
+        if bank is None:
+            bank = loaded.bank
+        if bank is None:
+            raise PromptBankError(
+                f"{checkpoint} is an official {loaded.config.encoder} checkpoint without trained prompts; "
+                "pass prompts=<bank.safetensors> (train one with `fpseg train`)"
+            )
+        return cls(loaded.model, bank, force_bank=force_prompts, **kwargs)
+
+    @classmethod
+    def random(cls, config: FPSegConfig, class_names: Sequence[str] | None = None, seed: int = 0,
+               **kwargs) -> FPSeg:
+        """Random weights, for smoke tests and timing only: its labels mean nothing (a warning says so)."""
+        warnings.warn("FPSeg.random: random weights, the output is meaningless", UserWarning, stacklevel=2)
+        torch.manual_seed(seed)
+        model = build_fpseg(config)
+        names = list(class_names) if class_names is not None else [f"class_{i}" for i in range(config.n_classes)]
+        bank = PromptBank(names, model.prompt_encoder.prompt_embeddings.detach().clone(), config.encoder,
+                          decoder_fingerprint(model.state_dict()), source=f"random (seed {seed})")
+        return cls(model, bank, **kwargs)
+
+    @property
+    def classes(self) -> list[str]:
+        """Names of the bank's classes; label value i + 1 is classes[i]."""
+        return list(self.bank.names)
+
+    @property
+    def img_size(self) -> int:
+        return self.model.img_size
+
+    def set_bank(self, bank: PromptBank, force: bool = False) -> None:
+        """Swap in another prompt bank after checking it fits this model's decoder and prompt size."""
+        bank.check_fits(self.fingerprint, force=force)
+        if len(bank) > 255:
+            raise PromptBankError(f"a bank holds at most 255 classes (uint8 labels), this one has {len(bank)}")
+        param = self.model.prompt_encoder.prompt_embeddings
+        self._prompts = bank.embeddings.to(self.device, param.dtype)
+        self.bank = bank
+
+    def resolve_classes(self, classes: Sequence[str] | None) -> list[int]:
+        """Bank rows of the requested class names (all classes when None), in request order."""
+        if classes is None:
+            return list(range(len(self.bank)))
+        if isinstance(classes, str):
+            raise TypeError("classes must be a list of names, e.g. ['road', 'person'], not one string")
+        if not classes:
+            raise ValueError(f"no classes requested; choose from: {', '.join(self.bank.names)}")
+        ids = self.bank.indices(classes)
+        if len(set(ids)) != len(ids):
+            raise ValueError(f"a class is requested twice in {list(classes)}")
+        return ids
+
+    def _prepare(self, image: np.ndarray | torch.Tensor, color_order: ColorOrder):
+        rgb = to_rgb(image, color_order) if isinstance(image, np.ndarray) else image
+        return preprocess(rgb, self.img_size, self.input_mode, self.device)
+
+    @torch.inference_mode()
+    def class_logits(self, image: np.ndarray, class_ids: Sequence[int], color_order: ColorOrder = "rgb"
+                     ) -> torch.Tensor:
+        """Per-class logits [N, H, W] at the input size, post-processed exactly as published FPSeg does."""
+        x, geometry = self._prepare(image, color_order)
+        low_res = self.model.decode(self.model.encode(x), self._prompts[list(class_ids)])
+        return postprocess_logits(low_res, geometry)[0]
+
+    @torch.inference_mode()
+    def segment(
+        self,
+        image: np.ndarray,
+        classes: Sequence[str] | None = None,
+        fusion: Fusion | None = None,
+        threshold: float | None = None,
+        color_order: ColorOrder = "rgb",
+    ) -> Segmentation:
+        """Label image and per-stage timings for one image (see `predict`)."""
+        ids = self.resolve_classes(classes)
+        timer = _StageTimer(self.device)
+        x, geometry = self._prepare(image, color_order)
+        timer.lap("preprocess")
+        embedding = self.model.encode(x)
+        timer.lap("encoder")
+        low_res = self.model.decode(embedding, self._prompts[ids])
+        timer.lap("decoder")
+        logits = postprocess_logits(low_res, geometry)[0]
+        labels = fuse(logits, ids, fusion or self.fusion, self.threshold if threshold is None else threshold)
+        labels_np = labels.cpu().numpy()
+        timer.lap("postprocess")
+        return Segmentation(labels_np, [self.bank.names[i] for i in ids], timer.finish())
+
+    def predict(
+        self,
+        image: np.ndarray,
+        classes: Sequence[str] | None = None,
+        fusion: Fusion | None = None,
+        threshold: float | None = None,
+        color_order: ColorOrder = "rgb",
+    ) -> np.ndarray:
+        """H x W uint8 label image: 1 + bank index of the winning requested class, 0 where none is present.
+
+        `image`: uint8 H x W x 3 (RGB, or BGR with color_order='bgr'), H x W x 4 or grey. `classes`: names
+        in priority order (default: all). `fusion`: 'argmax' (highest logit above `threshold`) or 'priority'
+        (first class in the given order above `threshold`).
+        """
+        return self.segment(image, classes, fusion, threshold, color_order).labels
+

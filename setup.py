@@ -1,0 +1,51 @@
+"""pip install of fpseg_ros without ROS: installs the ROS-free `fpseg_core` library and the `fpseg` CLI.
+
+colcon builds the same tree as an ament_cmake package (see CMakeLists.txt); this file is for pip only.
+"""
+
+from setuptools import find_packages, setup
+
+setup(
+    name="fpseg_ros",
+    version="0.1.0",
+    description="FPSeg promptable, class-flexible semantic segmentation (SAM / MobileSAM) for ROS 2",
+    long_description=open("README.md", encoding="utf-8").read(),
+    long_description_content_type="text/markdown",
+    license="Apache-2.0",
+    python_requires=">=3.10",
+    packages=find_packages(include=["fpseg_core", "fpseg_core.*", "fpseg_ros", "fpseg_ros.*"]),
+    package_data={"fpseg_core": ["data/*.json"]},
+    install_requires=[
+        # 2.13.0 satisfies this; pin torch==2.13.0 yourself first on CPU-only machines.
+        "torch>=2.1",
+        "numpy>=1.24",
+        "pillow>=9.0",
+        "safetensors>=0.4",
+        "tqdm>=4.60",
+        "pyyaml>=6.0",
+    ],
+    extras_require={
+        "onnx": ["onnx>=1.15", "onnxruntime>=1.17", "onnxscript>=0.1"],
+        "tensorrt": ["tensorrt>=10.0"],
+        "bag": ["rosbags>=0.10", "mcap>=1.1"],
+        "plot": ["matplotlib>=3.7"],
+        "test": [
+            "pytest>=7.4",
+            "hypothesis>=6.80",
+            "ruff>=0.4",
+            "onnx>=1.15",
+            "onnxruntime>=1.17",
+            "onnxscript>=0.1",
+            "rosbags>=0.10",
+            "mcap>=1.1",
+            "matplotlib>=3.7",
+            "cityscapesScripts>=2.2",
+            # Test oracles: the official SAM and MobileSAM code. timm 0.6.13 (needed by mobile_sam) is
+            # installed by .ci/run with --no-deps because its metadata pulls torchvision.
+            "segment-anything==1.0",
+            "mobilesam-mirror==1.0.0",
+            "huggingface-hub",
+        ],
+    },
+    entry_points={"console_scripts": ["fpseg=fpseg_core.cli.main:main"]},
+)
