@@ -57,6 +57,8 @@ def read_state(path: str | Path) -> dict:
     try:
         state = torch.load(path, map_location="cpu", weights_only=True)
     except pickle.UnpicklingError as exc:
+        if "Unsupported global" not in str(exc):
+            raise CheckpointError(f"{path} is not a torch checkpoint; it is corrupt ({exc})") from exc
         raise CheckpointError(
             f"{path} holds Python objects other than tensors and plain containers; refusing to unpickle it "
             "(weights_only=True). Re-save it as a plain state dict: torch.save(model.state_dict(), path)"

@@ -55,6 +55,7 @@ class PromptBank:
     decoder_fingerprint: str = ""
     source: str = ""
     extra: dict[str, str] = field(default_factory=dict)
+    path: str = ""  # the file it was loaded from, for messages; not saved
 
     def __post_init__(self) -> None:
         self.names = list(self.names)
@@ -129,18 +130,17 @@ class PromptBank:
                 f"{self.decoder_fingerprint}: the prompts were tuned for another decoder"
             )
 
-    def check_fits(self, fingerprint: str, prompt_size: int | None = None, force: bool = False) -> None:
-        """Refuse a bank tuned for another decoder (unless `force`) or of a prompt size the model can't take."""
-        if prompt_size is not None and self.prompt_size != prompt_size:
-            raise PromptBankError(
-                f"prompt bank '{self.source}' has prompt size {self.prompt_size}, the model expects {prompt_size}"
-            )
+    def check_fits(self, fingerprint: str, force: bool = False) -> None:
+        """Refuse a bank tuned for another decoder than `fingerprint`, unless `force`.
+
+        Any prompt size fits a decoder; the fingerprint is what says the tokens were tuned against it.
+        """
         if force or not self.decoder_fingerprint or self.decoder_fingerprint == fingerprint:
             return
         raise PromptBankError(
-            f"prompt bank '{self.source}' was tuned for decoder {self.decoder_fingerprint}, but the model's "
-            f"decoder is {fingerprint}; train prompts for this model, or pass force=True (--force) to use "
-            "them anyway"
+            f"prompt bank '{self.path or self.source}' was tuned for decoder {self.decoder_fingerprint}, but the "
+            f"model's decoder is {fingerprint}; train prompts for this model, or pass force=True "
+            "(--force-prompts) to use them anyway"
         )
 
     def save(self, path: str | Path) -> Path:
@@ -194,6 +194,7 @@ class PromptBank:
                 decoder_fingerprint=metadata.get("decoder_fingerprint", ""),
                 source=metadata.get("source") or path.name,
                 extra=extra,
+                path=str(path),
             )
         except PromptBankError as exc:
             raise PromptBankError(f"{path}: {exc}") from exc

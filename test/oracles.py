@@ -13,6 +13,7 @@ import importlib.machinery
 import importlib.util
 import sys
 import types
+from typing import ClassVar
 from unittest import mock
 
 import pytest
@@ -21,7 +22,7 @@ import pytest
 class _StandInModule(types.ModuleType):
     """A module whose every attribute is a MagicMock, so `from torchvision.x import Y` succeeds."""
 
-    __path__: list[str] = []
+    __path__: ClassVar[list[str]] = []
 
     def __getattr__(self, name: str) -> object:
         if name.startswith("__"):

@@ -81,16 +81,16 @@ def test_matches_official_at_1024() -> None:
     assert (actual - expected).abs().max().item() < 1e-4
 
 
-@pytest.mark.parametrize("img_size", [256, 512])
-def test_matches_official_layers_at_smaller_sizes(img_size: int) -> None:
-    """Covers the window padding at grids that are not multiples of the window sizes (e.g. 16 vs 14)."""
+@pytest.mark.parametrize(("img_size", "batch"), [(224, 1), (256, 2), (512, 1)])
+def test_matches_official_layers_at_smaller_sizes(img_size: int, batch: int) -> None:
+    """Window padding: none at 224 (grids 56/28/14), some at 256 and 512 (e.g. a 16 grid, 14 windows)."""
     ref = randomised(official(img_size), seed=2)
     ours = TinyViT(img_size=img_size, **MOBILE_SAM_5M).eval()
     ours.load_state_dict(ref.state_dict(), strict=True)
-    x = torch.randn(2, 3, img_size, img_size, generator=torch.Generator().manual_seed(3))
+    x = torch.randn(batch, 3, img_size, img_size, generator=torch.Generator().manual_seed(3))
     with torch.no_grad():
         expected, actual = official_forward_any_size(ref, x), ours(x)
-    assert actual.shape == (2, 256, img_size // 16, img_size // 16)
+    assert actual.shape == (batch, 256, img_size // 16, img_size // 16)
     assert (actual - expected).abs().max().item() < 1e-4
 
 

@@ -60,15 +60,33 @@ class FPSegMaskDecoder(nn.Module):
         dense_embedding: torch.Tensor,
         prompt_tokens: torch.Tensor,
     ) -> torch.Tensor:
-        n_images, c, h, w = image_embeddings.shape
+        n_images = image_embeddings.shape[0]
         n_classes = prompt_tokens.shape[0]
         mask_token = self.mask_tokens.weight.unsqueeze(0).expand(n_classes, -1, -1)
         tokens = torch.cat([mask_token, prompt_tokens], dim=1).repeat(n_images, 1, 1)
         src = torch.repeat_interleave(image_embeddings + dense_embedding, n_classes, dim=0)
-        pos_src = image_pe.expand(src.shape[0], -1, -1, -1)
+        logits = self._predict_masks(src, image_pe, tokens)
+        return logits.reshape(n_images, n_classes, *logits.shape[-2:])
+
+    def forward_pairs(
+        self,
+        image_embeddings: torch.Tensor,
+        image_pe: torch.Tensor,
+        dense_embedding: torch.Tensor,
+        prompt_tokens: torch.Tensor,
+    ) -> torch.Tensor:
+        """One class per image (training on class-wise samples): image_embeddings [B, C, h, w] and the
+        prompt tokens of each image's class [B, P, C] -> logits [B, 4h, 4w]."""
+        mask_token = self.mask_tokens.weight.unsqueeze(0).expand(prompt_tokens.shape[0], -1, -1)
+        tokens = torch.cat([mask_token, prompt_tokens], dim=1)
+        return self._predict_masks(image_embeddings + dense_embedding, image_pe, tokens)
+
+    def _predict_masks(self, src: torch.Tensor, image_pe: torch.Tensor, tokens: torch.Tensor) -> torch.Tensor:
+        """src [B, C, h, w] (dense prompt added), tokens [B, 1 + P, C] -> logits [B, 4h, 4w]."""
+        b, c, h, w = src.shape
+        pos_src = image_pe.expand(b, -1, -1, -1)
         hs, src = self.transformer(src, pos_src, tokens)
-        upscaled = self.output_upscaling(src.transpose(1, 2).reshape(-1, c, h, w))
+        upscaled = self.output_upscaling(src.transpose(1, 2).reshape(b, c, h, w))
         hyper_in = self.output_hypernetworks_mlps[0](hs[:, 0, :])
-        b, c_up, h_up, w_up = upscaled.shape
-        logits = (hyper_in.unsqueeze(1) @ upscaled.reshape(b, c_up, h_up * w_up)).reshape(b, h_up, w_up)
-        return logits.reshape(n_images, n_classes, h_up, w_up)
+        _, c_up, h_up, w_up = upscaled.shape
+        return (hyper_in.unsqueeze(1) @ upscaled.reshape(b, c_up, h_up * w_up)).reshape(b, h_up, w_up)

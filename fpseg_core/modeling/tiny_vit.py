@@ -173,8 +173,8 @@ class TinyViTBlock(nn.Module):
         super().__init__()
         self.window_size = window_size
         self.attn = Attention(dim, num_heads, window_size)
-        self.local_conv = ConvBN(dim, dim, kernel_size=local_conv_size, groups=dim)
         self.mlp = Mlp(dim, int(dim * mlp_ratio))
+        self.local_conv = ConvBN(dim, dim, kernel_size=local_conv_size, groups=dim)
 
     def _window_attention(self, x: torch.Tensor) -> torch.Tensor:
         """`attn` applied to each window of x: [B, H, W, C] -> [B, H, W, C]."""
@@ -183,7 +183,7 @@ class TinyViTBlock(nn.Module):
         pad_b, pad_r = -h % ws, -w % ws
         x = F.pad(x, (0, 0, 0, pad_r, 0, pad_b))
         nh, nw = (h + pad_b) // ws, (w + pad_r) // ws
-        windows = x.view(b, nh, ws, nw, ws, c).transpose(2, 3).reshape(b * nh * nw, ws * ws, c)
+        windows = x.reshape(b, nh, ws, nw, ws, c).transpose(2, 3).reshape(b * nh * nw, ws * ws, c)
         windows = self.attn(windows)
         x = windows.view(b, nh, nw, ws, ws, c).transpose(2, 3).reshape(b, nh * ws, nw * ws, c)
         return x[:, :h, :w]

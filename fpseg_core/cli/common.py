@@ -1,0 +1,49 @@
+"""Arguments and helpers shared by several subcommands."""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from pathlib import Path
+
+from ..modeling.build import ENCODERS, tiny_config
+from ..predictor import FPSeg
+from ..preprocess import INPUT_MODES
+
+RANDOM_WARNING = "WARNING: --random-weights: the network is random, its labels mean nothing (smoke tests / timing)"
+
+
+def add_model_arguments(parser: argparse.ArgumentParser) -> None:
+    """--checkpoint / --prompts / --random-weights and the inference options every runtime command takes."""
+    group = parser.add_argument_group("model")
+    group.add_argument("--checkpoint", type=Path, help="SAM / MobileSAM / FPSeg / fpseg_ros checkpoint (.pth)")
+    group.add_argument("--prompts", type=Path, help="prompt bank (.safetensors); required for SAM checkpoints")
+    group.add_argument("--force-prompts", action="store_true",
+                       help="use a prompt bank even if it was tuned for another decoder")
+    group.add_argument("--encoder", choices=ENCODERS, help="refuse a checkpoint of another encoder")
+    group.add_argument("--random-weights", action="store_true",
+                       help="no checkpoint: a small random network (prints a warning; for smoke tests)")
+    group.add_argument("--device", default="cpu", help="cpu, cuda or cuda:N")
+    group.add_argument("--input-mode", choices=INPUT_MODES, default="squash",
+                       help="squash the image to the encoder size (FPSeg) or letterbox it (SAM)")
+    group.add_argument("--fusion", choices=("argmax", "priority"), default="argmax")
+    group.add_argument("--threshold", type=float, default=0.0, help="a class is present where its logit > this")
+
+
+def load_model(args: argparse.Namespace) -> FPSeg:
+    options = {"device": args.device, "input_mode": args.input_mode, "fusion": args.fusion,
+               "threshold": args.threshold}
+    if args.random_weights:
+        print(RANDOM_WARNING, file=sys.stderr)
+        return FPSeg.random(tiny_config(args.encoder or "mobilesam"), **options)
+    if args.checkpoint is None:
+        raise ValueError("--checkpoint is required (or --random-weights for a smoke test)")
+    return FPSeg.from_checkpoint(args.checkpoint, prompts=args.prompts, encoder=args.encoder,
+                                 force_prompts=args.force_prompts, **options)
+
+
+def parse_class_list(text: str | None) -> list[str] | None:
+    """'road,person' -> ['road', 'person']; None stays None (all classes)."""
+    if text is None:
+        return None
+    return [name.strip() for name in text.split(",") if name.strip()]
