@@ -14,7 +14,6 @@ setup(
     license="Apache-2.0",
     python_requires=">=3.10",
     packages=find_packages(include=["fpseg_core", "fpseg_core.*", "fpseg_ros", "fpseg_ros.*"]),
-    package_data={"fpseg_core": ["data/*.json"]},
     install_requires=[
         # 2.13.0 satisfies this; pin torch==2.13.0 yourself first on CPU-only machines.
         "torch>=2.1",

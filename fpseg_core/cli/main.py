@@ -9,7 +9,8 @@ import sys
 from ..errors import FPSegError
 
 # Subcommand modules in fpseg_core/cli/, in the order `fpseg --help` lists them.
-COMMAND_MODULES = ("segment", "info", "prompts", "bag_from_cityscapes", "eval_bag")
+COMMAND_MODULES = ("segment", "info", "prompts", "bag_from_cityscapes", "eval_bag", "precompute", "train",
+                   "distill", "eval", "eval_labels")
 
 
 def build_parser() -> argparse.ArgumentParser:

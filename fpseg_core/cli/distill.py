@@ -1,0 +1,32 @@
+"""`fpseg distill`: distil a SAM encoder into a MobileSAM (TinyViT) encoder."""
+
+from __future__ import annotations
+
+import argparse
+
+from ..training.config import add_config_arguments, resolve_config
+from ..training.distill import CHECKPOINT_FILE, DistillConfig, distill
+from ..training.distributed import is_main_process, shutdown_distributed
+
+
+def register(subparsers: argparse._SubParsersAction) -> None:
+    parser = subparsers.add_parser(
+        "distill", help="train a MobileSAM encoder to reproduce a SAM encoder (MSE on embeddings)",
+        description="Encoder distillation: a MobileSAM (TinyViT) student learns the teacher SAM encoder's "
+                    "embeddings (MSE), from teacher embeddings precomputed with `fpseg precompute` or computed "
+                    "on the fly. Keeps the checkpoint with the lowest validation MSE (student encoder + the "
+                    "teacher's decoder, so the teacher's prompt banks fit). Runs under torchrun.",
+    )
+    add_config_arguments(parser, DistillConfig)
+    parser.set_defaults(func=run)
+
+
+def run(args: argparse.Namespace) -> int:
+    config = resolve_config(DistillConfig, args)
+    try:
+        out = distill(config)
+    finally:
+        shutdown_distributed()
+    if is_main_process():
+        print(out / CHECKPOINT_FILE)
+    return 0

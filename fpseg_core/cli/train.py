@@ -1,0 +1,33 @@
+"""`fpseg train`: tune prompts for classes, or add new classes to a deployed prompt bank."""
+
+from __future__ import annotations
+
+import argparse
+
+from ..training.config import add_config_arguments, resolve_config
+from ..training.distributed import is_main_process, shutdown_distributed
+from ..training.prompt_tuning import BANK_FILE, TrainConfig, train
+
+
+def register(subparsers: argparse._SubParsersAction) -> None:
+    parser = subparsers.add_parser(
+        "train", help="prompt tuning on precomputed embeddings (or prompt transfer of new classes)",
+        description="Tune per-class prompt tokens against a frozen FPSeg / SAM / MobileSAM model on "
+                    "embeddings from `fpseg precompute`. Writes prompts.safetensors (best validation binary "
+                    "IoU), state.pt (for --resume), config.yaml and CSV logs to --out. With --new-classes and "
+                    "--bank, only the new classes are tuned and merged into the deployed bank. Runs under "
+                    "torchrun.",
+    )
+    add_config_arguments(parser, TrainConfig)
+    parser.set_defaults(func=run)
+
+
+def run(args: argparse.Namespace) -> int:
+    config = resolve_config(TrainConfig, args)
+    try:
+        out = train(config)
+    finally:
+        shutdown_distributed()
+    if is_main_process():
+        print(out / BANK_FILE)
+    return 0

@@ -1,0 +1,207 @@
+"""Score a stream of the node's label images against ground truth: pairing, id mapping, confusion, latency.
+
+One `StreamEvaluator` backs the ROS evaluator node (`fpseg_eval`), `fpseg eval-bag` and
+`fpseg eval-bag --recorded`, so all three report the same numbers the same way. Its `on_*` methods take
+messages (rclpy or rosbags ones: fields are read by name) and decode images with the node's own codec.
+"""
+
+from __future__ import annotations
+
+import math
+from array import array
+from collections import deque
+from collections.abc import Iterable, Mapping, Sequence
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from fpseg_ros.image_codec import MalformedImageError, decode_image
+
+from ..evaluation.metrics import CityscapesConfusion, bank_labels_to_label_ids, write_report
+from .pairing import DEFAULT_MAX_PENDING, StampPairer, bank_names_from_class_map
+
+PERCENTILES = (50, 90, 99)
+MAX_KEPT_ERRORS = 5
+# fpseg_ros/msg/SegmentationStats fields summarised in the report (also the fields of the node's FrameStats).
+STATS_FIELDS = ("latency_ms", "inference_ms", "preprocess_ms", "encoder_ms", "decoder_ms", "postprocess_ms")
+
+
+def stats_timings(stats: Any) -> dict[str, float]:
+    """Stage timings of a SegmentationStats message (or the node's FrameStats), keyed without '_ms'."""
+    return {name.removesuffix("_ms"): float(getattr(stats, name)) for name in STATS_FIELDS}
+
+
+def stamp_ns(header: Any) -> int:
+    """A std_msgs/Header's stamp in nanoseconds since the epoch."""
+    return int(header.stamp.sec) * 1_000_000_000 + int(header.stamp.nanosec)
+
+
+class LatencyStats:
+    """Per-stage latency samples (ms) -> count, mean, p50 / p90 / p99 and max per stage.
+
+    Samples are kept as 8-byte doubles (about 50 bytes per frame for six stages, fine for a day of frames);
+    non-finite values (a stage the backend did not time) are skipped.
+    """
+
+    def __init__(self) -> None:
+        self._samples: dict[str, array] = {}
+
+    def add(self, timings_ms: Mapping[str, float]) -> None:
+        for stage, value in timings_ms.items():
+            if math.isfinite(value):
+                self._samples.setdefault(stage, array("d")).append(float(value))
+
+    def summary(self) -> dict[str, dict[str, float]]:
+        summary = {}
+        for stage, values in self._samples.items():
+            samples = np.frombuffer(values, dtype=np.float64)
+            summary[stage] = {"count": int(samples.size), "mean": float(samples.mean()),
+                              **{f"p{q}": float(np.percentile(samples, q)) for q in PERCENTILES},
+                              "max": float(samples.max())}
+        return summary
+
+
+def _mono8(msg: Any) -> np.ndarray:
+    image = decode_image(msg)
+    if image.pixels.ndim != 2:
+        raise MalformedImageError(f"encoding must be mono8, got {msg.encoding}")
+    return image.pixels
+
+
+class StreamEvaluator:
+    """Pairs label images (node values: 0 = none, v = class_id v of the label info) with labelId ground truth
+    by stamp, maps them to Cityscapes labelIds and accumulates a `CityscapesConfusion`.
+
+    Pairs that arrive before any label info wait (at most `max_pending`; older ones are counted as
+    `dropped_without_label_info`). A pair that cannot be scored (label value missing from the label info,
+    size mismatch) is counted as `invalid`, a message that cannot be used (undecodable, or an image the
+    segmentation failed on) as `rejected`; the first reasons are kept for the report and evaluation goes on.
+    """
+
+    def __init__(self, max_pending: int = DEFAULT_MAX_PENDING) -> None:
+        self.pairer: StampPairer[np.ndarray, np.ndarray] = StampPairer(max_pending)
+        self.confusion = CityscapesConfusion()
+        self.latency = LatencyStats()
+        self.bank_names: list[str] | None = None
+        self.invalid = 0
+        self.rejected = 0
+        self.dropped_without_label_info = 0
+        self.errors: list[str] = []
+        self._waiting: deque[tuple[int, np.ndarray, np.ndarray]] = deque()
+
+    def set_class_map(self, class_map: Iterable[tuple[int, str]]) -> None:
+        """Label info of the node (vision_msgs/LabelInfo class_map as (class_id, class_name) pairs)."""
+        self.set_bank_names(bank_names_from_class_map(class_map))
+
+    def set_bank_names(self, bank_names: Sequence[str]) -> None:
+        """Names by label value: bank_names[v - 1] is the class of value v (FPSeg.classes of the model)."""
+        self.bank_names = list(bank_names)
+        while self._waiting:
+            self._score(*self._waiting.popleft())
+
+    def add_labels(self, stamp: int, labels: np.ndarray) -> None:
+        self._on_pair(self.pairer.add_prediction(stamp, labels))
+
+    def add_ground_truth(self, stamp: int, label_ids: np.ndarray) -> None:
+        self._on_pair(self.pairer.add_ground_truth(stamp, label_ids))
+
+    def add_latency(self, timings_ms: Mapping[str, float]) -> None:
+        self.latency.add(timings_ms)
+
+    def on_label_info(self, msg: Any) -> None:
+        """vision_msgs/LabelInfo of the node."""
+        self.set_class_map((int(c.class_id), str(c.class_name)) for c in msg.class_map)
+
+    def on_labels(self, msg: Any) -> str | None:
+        """The node's mono8 label image; returns why it was dropped, if it was (for the log)."""
+        try:
+            self.add_labels(stamp_ns(msg.header), _mono8(msg))
+        except (MalformedImageError, AttributeError) as exc:
+            return self.reject(f"label image: {exc}")
+        return None
+
+    def on_ground_truth(self, msg: Any) -> str | None:
+        """A mono8 Cityscapes labelId image; returns why it was dropped, if it was (for the log)."""
+        try:
+            self.add_ground_truth(stamp_ns(msg.header), _mono8(msg))
+        except (MalformedImageError, AttributeError) as exc:
+            return self.reject(f"ground-truth image: {exc}")
+        return None
+
+    def on_stats(self, msg: Any) -> None:
+        """fpseg_ros/SegmentationStats of the node."""
+        self.add_latency(stats_timings(msg))
+
+    def reject(self, reason: str) -> str:
+        """Count a message that could not be used; returns `reason` (kept for the report if among the first)."""
+        self.rejected += 1
+        self._keep_error(reason)
+        return reason
+
+    def _keep_error(self, reason: str) -> None:
+        if len(self.errors) < MAX_KEPT_ERRORS:
+            self.errors.append(reason)
+
+    def _on_pair(self, pair: tuple[int, np.ndarray, np.ndarray] | None) -> None:
+        if pair is None:
+            return
+        if self.bank_names is None:
+            self._waiting.append(pair)
+            if len(self._waiting) > self.pairer.max_pending:
+                self._waiting.popleft()
+                self.dropped_without_label_info += 1
+            return
+        self._score(*pair)
+
+    def _score(self, stamp: int, labels: np.ndarray, gt_label_ids: np.ndarray) -> None:
+        assert self.bank_names is not None
+        try:
+            self.confusion.update(bank_labels_to_label_ids(labels, self.bank_names), gt_label_ids)
+        except ValueError as exc:
+            self.invalid += 1
+            self._keep_error(f"frame stamped {stamp} ns: {exc}")
+
+    def result(self, final: bool = False) -> dict[str, Any]:
+        """`CityscapesConfusion.result()` plus frame counts and latency. With `final` (end of the stream),
+        frames still waiting for their partner or for label info are counted as unmatched / dropped."""
+        if final:
+            self.pairer.finish()
+            self.dropped_without_label_info += len(self._waiting)
+            self._waiting.clear()
+        frames = {
+            **self.pairer.counts.as_dict(),
+            "scored": self.confusion.n_images,
+            "invalid": self.invalid,
+            "rejected_messages": self.rejected,
+            "dropped_without_label_info": self.dropped_without_label_info,
+            "pending_predictions": self.pairer.pending_predictions,
+            "pending_ground_truth": self.pairer.pending_ground_truth,
+            "waiting_for_label_info": len(self._waiting),
+        }
+        return {**self.confusion.result(), "frames": frames, "frame_errors": list(self.errors),
+                "latency_ms": self.latency.summary()}
+
+
+def write_stream_report(result: dict[str, Any], out_dir: str | Path, title: str) -> list[Path]:
+    """`write_report` of eval-labels (results.json / .md / confusion.png), with frame counts and latency
+    tables added to results.md."""
+    paths = write_report(result, Path(out_dir), title)
+    markdown = next(p for p in paths if p.suffix == ".md")
+    lines = ["", "## Frames", "", "| count | frames |", "|---|---:|"]
+    lines += [f"| {name.replace('_', ' ')} | {value} |" for name, value in result["frames"].items()]
+    errors = result.get("frame_errors", [])
+    if errors:
+        lines += ["", f"First {len(errors)} reasons for dropped or invalid frames:", ""]
+        lines += [f"- {error}" for error in errors]
+    latency = result.get("latency_ms") or {}
+    if latency:
+        header = ["stage", "count", "mean", *(f"p{q}" for q in PERCENTILES), "max"]
+        lines += ["", "## Latency (ms)", "", "| " + " | ".join(header) + " |",
+                  "|---|" + "---:|" * (len(header) - 1)]
+        lines += [f"| {stage} | {s['count']} | {s['mean']:.2f} | "
+                  + " | ".join(f"{s[f'p{q}']:.2f}" for q in PERCENTILES) + f" | {s['max']:.2f} |"
+                  for stage, s in latency.items()]
+    with markdown.open("a") as stream:
+        stream.write("\n".join(lines) + "\n")
+    return paths

@@ -1,0 +1,119 @@
+"""Command configurations: dataclass defaults < YAML file (--config) < --set key=value < explicit flags.
+
+Every field of a config dataclass is a YAML key and gets a command-line flag (--batch-size for batch_size);
+`config/<command>.yaml` documents the keys with their defaults.
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import types
+import typing
+from pathlib import Path
+from typing import Any, TypeVar
+
+import yaml
+
+T = TypeVar("T")
+
+
+def option(default: Any, help: str) -> Any:
+    """A config field with an immutable default and its help text (shown by --help, mirrored in config/*.yaml).
+    List-valued keys use `dataclasses.field(default=None | default_factory=..., metadata=doc(help))`."""
+    return dataclasses.field(default=default, metadata=doc(help))
+
+
+def doc(help: str) -> dict[str, str]:
+    return {"help": help}
+
+
+def _base_type(annotation: Any) -> tuple[type, bool]:
+    """(scalar type, is_list) of a field annotation such as int, str | None or list[str] | None."""
+    if isinstance(annotation, types.UnionType) or typing.get_origin(annotation) is typing.Union:
+        annotation = next(a for a in typing.get_args(annotation) if a is not type(None))
+    if typing.get_origin(annotation) is list:
+        return typing.get_args(annotation)[0], True
+    return annotation, False
+
+
+def add_config_arguments(parser: argparse.ArgumentParser, config_cls: type) -> None:
+    """--config FILE, --set KEY=VALUE (repeatable) and one flag per config key."""
+    parser.add_argument("--config", type=Path, help="YAML file of keys (see config/*.yaml); flags win")
+    parser.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
+                        help="override one key (YAML syntax for the value, e.g. --set lr=0.005)")
+    group = parser.add_argument_group("configuration keys (each also settable in the YAML file)")
+    hints = typing.get_type_hints(config_cls)
+    for f in dataclasses.fields(config_cls):
+        flag = "--" + f.name.replace("_", "-")
+        scalar, is_list = _base_type(hints[f.name])
+        default = f.default if f.default_factory is dataclasses.MISSING else f.default_factory()
+        help_text = f"{f.metadata.get('help', '')} (default: {default})"
+        if scalar is bool:
+            group.add_argument(flag, dest=f.name, action=argparse.BooleanOptionalAction, default=None,
+                               help=help_text)
+        else:
+            group.add_argument(flag, dest=f.name, type=scalar, nargs="+" if is_list else None, default=None,
+                               help=help_text)
+
+
+def _check_type(config_cls: type, key: str, value: Any, source: str) -> Any:
+    hints = typing.get_type_hints(config_cls)
+    scalar, is_list = _base_type(hints[key])
+    optional = type(None) in typing.get_args(hints[key])
+    if value is None:
+        if optional:
+            return None
+        raise ValueError(f"{source}: {key} cannot be empty")
+    if is_list:
+        value = value if isinstance(value, list) else [value]
+        return [_check_scalar(scalar, key, v, source) for v in value]
+    return _check_scalar(scalar, key, value, source)
+
+
+def _check_scalar(scalar: type, key: str, value: Any, source: str) -> Any:
+    if scalar is float and isinstance(value, int) and not isinstance(value, bool):
+        return float(value)
+    if scalar is str and isinstance(value, (int, float)) and not isinstance(value, bool):
+        return str(value)
+    if not isinstance(value, scalar) or (scalar is int and isinstance(value, bool)):
+        raise ValueError(f"{source}: {key} must be {scalar.__name__}, got {value!r}")
+    return value
+
+
+def resolve_config(config_cls: type[T], args: argparse.Namespace) -> T:
+    """Build the config: defaults, then the YAML file, then --set overrides, then explicit flags."""
+    names = [f.name for f in dataclasses.fields(config_cls)]
+    values: dict[str, Any] = {}
+    if getattr(args, "config", None) is not None:
+        path = Path(args.config)
+        if not path.is_file():
+            raise FileNotFoundError(f"config file {path} does not exist")
+        try:
+            data = yaml.safe_load(path.read_text()) or {}
+        except yaml.YAMLError as exc:
+            raise ValueError(f"{path} is not valid YAML: {exc}") from exc
+        if not isinstance(data, dict):
+            raise ValueError(f"{path} must hold a mapping of keys to values")
+        values.update({k: (v, str(path)) for k, v in data.items()})
+    for item in getattr(args, "overrides", []) or []:
+        key, sep, text = item.partition("=")
+        if not sep:
+            raise ValueError(f"--set {item!r}: expected KEY=VALUE")
+        values[key.strip().replace("-", "_")] = (yaml.safe_load(text), f"--set {item}")
+    for name in names:
+        flag_value = getattr(args, name, None)
+        if flag_value is not None:
+            values[name] = (flag_value, "--" + name.replace("_", "-"))
+    unknown = sorted(k for k in values if k not in names)
+    if unknown:
+        raise ValueError(f"unknown configuration key(s) {', '.join(unknown)}; valid keys: {', '.join(names)}")
+    checked = {k: _check_type(config_cls, k, v, source) for k, (v, source) in values.items()}
+    return config_cls(**checked)
+
+
+def save_config(config: Any, path: Path) -> Path:
+    """Write the resolved configuration as YAML (reusable with --config)."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(yaml.safe_dump(dataclasses.asdict(config), sort_keys=False))
+    return path

@@ -1,0 +1,439 @@
+"""Everything the fpseg node does, without ROS: active classes, prompt banks, per-frame work and stats.
+
+The rclpy node (fpseg_ros/node.py) only turns parameters, messages and service calls into calls on
+`SegmentationController` and publishes what it returns.
+"""
+
+from __future__ import annotations
+
+import math
+import threading
+import time
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+
+from fpseg_core.errors import FPSegError, PromptBankError
+from fpseg_core.predictor import FPSeg
+from fpseg_core.preprocess import to_rgb
+from fpseg_core.prompt_bank import PromptBank
+from fpseg_core.visualize import blend, colorize, palette
+
+from .frame_slot import LatestFrameWorker
+from .image_codec import DecodedImage, MalformedImageError, decode_compressed, decode_image
+from .parameters import MAX_LABEL_CLASSES, PARAMETER_BY_NAME
+from .stats import RollingStats
+
+OVERLAY_ALPHA = 0.5
+NONE_LABEL = "none"
+
+
+class ClassSelectionError(FPSegError, ValueError):
+    """A list of active classes that cannot be used; the message lists the available names."""
+
+
+@dataclass(frozen=True)
+class FrameStats:
+    """One frame's report; field names and meaning are those of fpseg_ros/msg/SegmentationStats (less header)."""
+
+    frame: int
+    classes: list[str]
+    backend: str
+    preprocess_ms: float
+    encoder_ms: float
+    decoder_ms: float
+    postprocess_ms: float
+    inference_ms: float
+    latency_ms: float
+    window: int
+    latency_mean_ms: float
+    latency_p50_ms: float
+    latency_p95_ms: float
+    latency_max_ms: float
+    throughput_hz: float
+    dropped_frames: int
+    rejected_frames: int
+    failed_frames: int
+
+    def fields(self) -> dict[str, Any]:
+        return asdict(self)
+
+
+@dataclass(frozen=True)
+class FrameResult:
+    """What the node publishes for one image: labels (H x W uint8), optional rgb8 overlay, stats.
+
+    `header` is the input message's header, to be copied onto every output.
+    """
+
+    header: Any
+    labels: np.ndarray
+    overlay: np.ndarray | None
+    stats: FrameStats
+
+
+@dataclass(frozen=True)
+class Rejection:
+    """A frame that produced no output: `malformed` input (counted in rejected_frames) or a failed run."""
+
+    reason: str
+    malformed: bool
+
+
+@dataclass(frozen=True)
+class PromptUpdate:
+    """The answer to a prompt-bank load (fields of LoadPrompts.srv's response)."""
+
+    success: bool
+    message: str
+    available: list[str] = field(default_factory=list)
+    active: list[str] = field(default_factory=list)
+
+
+@dataclass(frozen=True)
+class _Options:
+    fusion: str
+    score_threshold: float
+    publish_color: bool
+
+
+def resolve_device(device: str) -> str:
+    """'auto' -> 'cuda' when a GPU is usable, else 'cpu'; anything else is passed through."""
+    if device == "auto":
+        return "cuda" if torch.cuda.is_available() else "cpu"
+    return device
+
+
+def load_pipeline(
+    checkpoint: str,
+    prompts: str = "",
+    backend: str = "auto",
+    engine_dir: str = "",
+    device: str = "auto",
+    input_mode: str = "squash",
+) -> FPSeg:
+    """The FPSeg pipeline the node runs, from its launch-time parameters (paths may start with '~')."""
+    if not checkpoint:
+        raise FPSegError("parameter 'checkpoint' is empty; launch with checkpoint:=/path/to/model.pth")
+    return FPSeg.from_checkpoint(
+        Path(checkpoint).expanduser(),
+        prompts=Path(prompts).expanduser() if prompts else None,
+        device=resolve_device(device),
+        input_mode=input_mode,
+        backend=backend,
+        engine_dir=Path(engine_dir).expanduser() if engine_dir else None,
+    )
+
+
+def probability_to_logit(probability: float) -> float:
+    return math.log(probability / (1.0 - probability))
+
+
+def _stamp_ns(header: Any) -> int:
+    try:
+        return int(header.stamp.sec) * 1_000_000_000 + int(header.stamp.nanosec)
+    except (AttributeError, TypeError, ValueError) as exc:
+        raise MalformedImageError(f"image header has no valid stamp ({exc})") from None
+
+
+def _message(exc: BaseException) -> str:
+    return str(exc.args[0]) if isinstance(exc, KeyError) and exc.args else str(exc)
+
+
+class SegmentationController:
+    """Owns the FPSeg pipeline, its prompt bank, the active classes and the output options.
+
+    Thread safety: `_state_lock` guards the active classes, options and palette (held only for a few
+    instructions, so parameter changes never wait for inference); `_model_lock` is held for a whole
+    inference and for a bank swap, so a frame never sees half of a new bank. Class lists are validated
+    against the bank under `_state_lock` and bank swaps hold both locks.
+    """
+
+    def __init__(
+        self,
+        fpseg: FPSeg,
+        classes: Sequence[str] | None = None,
+        fusion: str = "argmax",
+        score_threshold: float = 0.5,
+        publish_color: bool = False,
+        stats_window: int = 100,
+        max_classes: int = MAX_LABEL_CLASSES,
+        compressed_input: bool = False,
+        clock_ns: Callable[[], int] = time.time_ns,
+    ) -> None:
+        if not 1 <= max_classes <= MAX_LABEL_CLASSES:
+            raise ValueError(f"max_classes must be in [1, {MAX_LABEL_CLASSES}], got {max_classes}")
+        self._fpseg = fpseg
+        self._max_classes = int(max_classes)
+        self._decode = decode_compressed if compressed_input else decode_image
+        self._clock_ns = clock_ns
+        self._state_lock = threading.Lock()
+        self._model_lock = threading.Lock()
+        self._stats = RollingStats(stats_window)
+        self._palette = palette(fpseg.classes)
+        self._active: tuple[str, ...] = ()
+        self._options = _Options("argmax", 0.5, False)
+        self._frames = 0
+        self._rejected = 0
+        self._failed = 0
+        self._worker: LatestFrameWorker | None = None
+        self.update({
+            "classes": list(fpseg.classes) if classes is None else classes,
+            "fusion": fusion,
+            "score_threshold": score_threshold,
+            "publish_color": publish_color,
+        })
+
+    # ----------------------------------------------------------------------------------------- state
+    @property
+    def available(self) -> list[str]:
+        """Every class of the prompt bank; label value i + 1 is available[i]."""
+        with self._state_lock:
+            return list(self._fpseg.classes)
+
+    @property
+    def active(self) -> list[str]:
+        with self._state_lock:
+            return list(self._active)
+
+    @property
+    def backend_name(self) -> str:
+        return str(getattr(self._fpseg, "backend_name", "torch"))
+
+    @property
+    def score_threshold(self) -> float:
+        return self._options.score_threshold
+
+    @property
+    def max_classes(self) -> int:
+        return self._max_classes
+
+    def label_map(self) -> dict[int, str]:
+        """Label value -> class name for the whole bank, with 0 = 'none'."""
+        with self._state_lock:
+            return {0: NONE_LABEL, **{i + 1: name for i, name in enumerate(self._fpseg.classes)}}
+
+    def validate_classes(self, names: Any, bank: PromptBank | None = None) -> tuple[str, ...]:
+        """Check a requested active-class list against the bank; returns it as a tuple of names."""
+        bank = bank or self._fpseg.bank
+        available = ", ".join(bank.names)
+        if isinstance(names, str) or not isinstance(names, (list, tuple)):
+            raise ClassSelectionError(
+                f"classes must be a list of class names, e.g. [road, person], got {names!r}; available: {available}"
+            )
+        if not names:
+            raise ClassSelectionError(f"classes is empty; choose at least one of: {available}")
+        if not all(isinstance(name, str) for name in names):
+            raise ClassSelectionError(f"classes must be strings, got {list(names)!r}; available: {available}")
+        unknown = [name for name in names if name not in bank.names]
+        if unknown:
+            raise ClassSelectionError(
+                f"unknown class(es) {', '.join(map(repr, unknown))}; available: {available}"
+            )
+        repeated = sorted({name for name in names if names.count(name) > 1})
+        if repeated:
+            raise ClassSelectionError(f"class(es) listed twice: {', '.join(repeated)}")
+        if len(names) > self._max_classes:
+            raise ClassSelectionError(
+                f"{len(names)} classes requested, at most {self._max_classes} may be active (max_classes); "
+                f"available: {available}"
+            )
+        return tuple(names)
+
+    def update(self, changes: Mapping[str, Any]) -> None:
+        """Apply run-time settings (classes, fusion, score_threshold, publish_color, stats_window) at once.
+
+        Every value is checked first; on any problem nothing changes and ValueError says why.
+        """
+        unknown = sorted(set(changes) - {"classes", "fusion", "score_threshold", "publish_color", "stats_window"})
+        if unknown:
+            raise ValueError(f"not a run-time setting: {', '.join(unknown)}")
+        with self._state_lock:
+            options = self._options
+            active = self._active
+            if "classes" in changes:
+                active = self.validate_classes(changes["classes"])
+            if "fusion" in changes:
+                reason = PARAMETER_BY_NAME["fusion"].check_choice(changes["fusion"])
+                if reason:
+                    raise ValueError(reason)
+                options = _Options(changes["fusion"], options.score_threshold, options.publish_color)
+            if "score_threshold" in changes:
+                low, high = PARAMETER_BY_NAME["score_threshold"].float_range
+                value = changes["score_threshold"]
+                if isinstance(value, bool) or not isinstance(value, (int, float)) or not low <= value <= high:
+                    raise ValueError(f"score_threshold must be a number in [{low}, {high}], got {value!r}")
+                options = _Options(options.fusion, float(value), options.publish_color)
+            if "publish_color" in changes:
+                if not isinstance(changes["publish_color"], bool):
+                    raise ValueError(f"publish_color must be true or false, got {changes['publish_color']!r}")
+                options = _Options(options.fusion, options.score_threshold, changes["publish_color"])
+            if "stats_window" in changes:
+                value = changes["stats_window"]
+                if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+                    raise ValueError(f"stats_window must be a positive integer, got {value!r}")
+                self._stats.resize(value)
+            self._active, self._options = active, options
+
+    # --------------------------------------------------------------------------------- prompt banks
+    def load_prompts(
+        self, path: str, classes: Sequence[str] = (), replace: bool = False, activate: bool = False
+    ) -> PromptUpdate:
+        """Load a prompt bank file: merge it into the bank (same name = overwrite) or replace the bank.
+
+        `classes` takes only those names from the file; `activate` appends the loaded classes to the active
+        list. The file is fully checked (format, shape, prompt size, decoder fingerprint, resulting class
+        count) before the running bank is touched; on any failure the bank and active classes stay as
+        they were and the answer says why. Active classes missing from a replacing bank are deactivated.
+        """
+        try:
+            loaded = PromptBank.load(Path(path).expanduser())
+            if classes:
+                loaded = loaded.subset(list(classes))
+            loaded.check_fits(self._fpseg.fingerprint)
+        except (FPSegError, KeyError, ValueError, OSError) as exc:
+            return self._refused(f"{path}: {_message(exc)}")
+        with self._model_lock, self._state_lock:
+            current = self._fpseg.bank
+            try:
+                if loaded.prompt_size != current.prompt_size:
+                    raise PromptBankError(
+                        f"prompt size {loaded.prompt_size} does not match the running bank's "
+                        f"{current.prompt_size} (the deployed model takes one prompt size)"
+                    )
+                bank = loaded if replace else current.merge(loaded)
+                if len(bank) > MAX_LABEL_CLASSES:
+                    raise PromptBankError(
+                        f"the bank would hold {len(bank)} classes, at most {MAX_LABEL_CLASSES} fit uint8 labels"
+                    )
+                kept = [name for name in self._active if name in bank.names]
+                added = [name for name in loaded.names if activate and name not in kept]
+                active = self.validate_classes(kept + added, bank)
+            except (FPSegError, ValueError) as exc:
+                return self._refused(f"{path}: {_message(exc)}", locked=True)
+            try:
+                self._fpseg.set_bank(bank)
+            # A backend may fail anywhere while taking the new tokens (e.g. out of GPU memory): put the old
+            # bank back so the node keeps running as before.
+            except Exception as exc:
+                self._fpseg.set_bank(current, force=True)
+                return self._refused(f"{path}: the backend could not take the bank ({exc})", locked=True)
+            self._palette = palette(bank.names)
+            dropped = [name for name in self._active if name not in active]
+            self._active = active
+        verb = "replaced the bank with" if replace else "merged"
+        message = f"{verb} {len(loaded)} class(es) from {path}: {', '.join(loaded.names)}"
+        if dropped:
+            message += f"; deactivated (not in the new bank): {', '.join(dropped)}"
+        return PromptUpdate(True, message, list(bank.names), list(active))
+
+    def _refused(self, reason: str, locked: bool = False) -> PromptUpdate:
+        if locked:
+            return PromptUpdate(False, reason, list(self._fpseg.classes), list(self._active))
+        return PromptUpdate(False, reason, self.available, self.active)
+
+    # --------------------------------------------------------------------------------------- frames
+    def handle(self, msg: Any) -> FrameResult | Rejection:
+        """Segment one Image (or CompressedImage) message. Never raises: bad input and failures are
+        counted and returned as a Rejection whose reason is meant for the log."""
+        received_ns = self._clock_ns()
+        try:
+            image = self._decode(msg)
+            header = msg.header
+            start_ns = _stamp_ns(header) or received_ns  # unstamped images: latency from arrival
+        except MalformedImageError as exc:
+            self._rejected += 1
+            return Rejection(f"dropped a malformed image message: {exc}", malformed=True)
+        try:
+            return self._segment(image, header, start_ns)
+        # Whatever a backend raises (e.g. CUDA out of memory) costs this frame only; the node keeps going.
+        except Exception as exc:
+            self._failed += 1
+            return Rejection(f"segmentation failed: {type(exc).__name__}: {exc}", malformed=False)
+
+    def _segment(self, image: DecodedImage, header: Any, start_ns: int) -> FrameResult:
+        with self._model_lock:
+            with self._state_lock:
+                classes, options, colours = list(self._active), self._options, self._palette
+            result = self._fpseg.segment(
+                image.pixels, classes, fusion=options.fusion,
+                threshold=probability_to_logit(options.score_threshold), color_order=image.color_order,
+            )
+        overlay = None
+        if options.publish_color:
+            overlay = blend(to_rgb(image.pixels, image.color_order), colorize(result.labels, colours),
+                            OVERLAY_ALPHA)
+        latency_ms = (self._clock_ns() - start_ns) / 1e6
+        self._frames += 1
+        window = self._stats.add(latency_ms, time.monotonic())
+        timings = result.timings_ms
+        stats = FrameStats(
+            frame=self._frames,
+            classes=list(result.classes),
+            backend=self.backend_name,
+            preprocess_ms=timings.get("preprocess", math.nan),
+            encoder_ms=timings.get("encoder", math.nan),
+            decoder_ms=timings.get("decoder", math.nan),
+            postprocess_ms=timings.get("postprocess", math.nan),
+            inference_ms=timings.get("total", math.nan),
+            latency_ms=latency_ms,
+            window=window.frames,
+            latency_mean_ms=window.latency_mean_ms,
+            latency_p50_ms=window.latency_p50_ms,
+            latency_p95_ms=window.latency_p95_ms,
+            latency_max_ms=window.latency_max_ms,
+            throughput_hz=window.throughput_hz,
+            dropped_frames=self.dropped_frames,
+            rejected_frames=self._rejected,
+            failed_frames=self._failed,
+        )
+        return FrameResult(header, result.labels, overlay, stats)
+
+    # ---------------------------------------------------------------------------------- worker thread
+    @property
+    def dropped_frames(self) -> int:
+        """Frames replaced by a newer one before the worker got to them."""
+        return self._worker.dropped if self._worker is not None else 0
+
+    @property
+    def rejected_frames(self) -> int:
+        return self._rejected
+
+    @property
+    def failed_frames(self) -> int:
+        return self._failed
+
+    def start(
+        self,
+        on_result: Callable[[FrameResult], None],
+        on_rejection: Callable[[Rejection], None],
+        on_error: Callable[[BaseException], None] | None = None,
+    ) -> None:
+        """Start the inference thread: each submitted frame's outcome goes to on_result / on_rejection
+        (called on that thread); an exception from those callbacks goes to on_error."""
+        if self._worker is not None:
+            raise RuntimeError("the controller's worker is already started")
+
+        def work(msg: Any) -> None:
+            outcome = self.handle(msg)
+            if isinstance(outcome, FrameResult):
+                on_result(outcome)
+            else:
+                on_rejection(outcome)
+
+        self._worker = LatestFrameWorker(work, on_error, name="fpseg-inference")
+        self._worker.start()
+
+    def submit(self, msg: Any) -> None:
+        """Hand a frame to the inference thread; returns at once (a frame still waiting is dropped)."""
+        if self._worker is None:
+            raise RuntimeError("call start() before submit()")
+        self._worker.submit(msg)
+
+    def stop(self, timeout: float | None = 10.0) -> bool:
+        """Stop the inference thread after the frame in progress; True when it has ended."""
+        return self._worker.stop(timeout) if self._worker is not None else True

@@ -1,0 +1,201 @@
+"""The `fpseg` ROS 2 node: images in; label image, colour overlay, stats and label map out.
+
+Thin by design: parameters come from the table in parameters.py, and all work (class switching, prompt
+loading, decoding, inference on a worker thread, statistics) is done by the ROS-free
+SegmentationController. Written against the rclpy API common to Humble and Jazzy.
+"""
+
+from __future__ import annotations
+
+import sys
+from typing import Any
+
+import rclpy
+from rcl_interfaces.msg import FloatingPointRange, IntegerRange, ParameterDescriptor, SetParametersResult
+from rclpy.executors import ExternalShutdownException
+from rclpy.logging import get_logger
+from rclpy.node import Node
+from rclpy.parameter import Parameter
+from rclpy.qos import DurabilityPolicy, HistoryPolicy, QoSProfile, ReliabilityPolicy
+from sensor_msgs.msg import CompressedImage, Image
+from vision_msgs.msg import LabelInfo, VisionClass
+
+from fpseg_core.errors import FPSegError
+from fpseg_ros.msg import SegmentationStats
+from fpseg_ros.srv import LoadPrompts
+
+from .controller import FrameResult, Rejection, SegmentationController, load_pipeline
+from .image_codec import fill_image
+from .parameters import PARAMETERS, RUNTIME_PARAMETERS, ParameterSpec
+
+NODE_NAME = "fpseg"
+LOG_THROTTLE_S = 5.0
+STOP_TIMEOUT_S = 30.0
+# Sensor-data QoS (best effort, volatile) with depth 1: only the newest camera frame matters.
+INPUT_QOS = QoSProfile(history=HistoryPolicy.KEEP_LAST, depth=1, reliability=ReliabilityPolicy.BEST_EFFORT,
+                       durability=DurabilityPolicy.VOLATILE)
+IMAGE_OUTPUT_QOS = QoSProfile(history=HistoryPolicy.KEEP_LAST, depth=1)
+STATS_QOS = QoSProfile(history=HistoryPolicy.KEEP_LAST, depth=10)
+# Latched: a late subscriber still gets the current label map.
+LABEL_INFO_QOS = QoSProfile(history=HistoryPolicy.KEEP_LAST, depth=1, reliability=ReliabilityPolicy.RELIABLE,
+                            durability=DurabilityPolicy.TRANSIENT_LOCAL)
+
+
+def _descriptor(spec: ParameterSpec) -> ParameterDescriptor:
+    descriptor = ParameterDescriptor(
+        description=spec.description,
+        additional_constraints=spec.constraints,
+        read_only=spec.read_only,
+        dynamic_typing=spec.dynamic_typing,
+    )
+    if spec.integer_range:
+        descriptor.integer_range = [IntegerRange(from_value=spec.integer_range[0], to_value=spec.integer_range[1],
+                                                 step=1)]
+    if spec.float_range:
+        descriptor.floating_point_range = [
+            FloatingPointRange(from_value=spec.float_range[0], to_value=spec.float_range[1], step=0.0)
+        ]
+    return descriptor
+
+
+class FPSegNode(Node):
+    """Subscribes to `image` (or `image/compressed`); publishes ~/labels, ~/color, ~/stats, ~/label_info;
+    serves ~/load_prompts. See README, "Running on a robot"."""
+
+    def __init__(self, **node_kwargs: Any) -> None:
+        super().__init__(NODE_NAME, **node_kwargs)
+        try:
+            self._controller = self._create_controller()
+        except BaseException:
+            super().destroy_node()
+            raise
+        self.add_on_set_parameters_callback(self._on_set_parameters)
+
+        self._labels_pub = self.create_publisher(Image, "~/labels", IMAGE_OUTPUT_QOS)
+        self._color_pub = self.create_publisher(Image, "~/color", IMAGE_OUTPUT_QOS)
+        self._stats_pub = self.create_publisher(SegmentationStats, "~/stats", STATS_QOS)
+        self._label_info_pub = self.create_publisher(LabelInfo, "~/label_info", LABEL_INFO_QOS)
+        self._publish_label_info()
+        self.create_service(LoadPrompts, "~/load_prompts", self._on_load_prompts)
+
+        self._controller.start(self._publish, self._report, self._on_publish_error)
+        compressed = self.get_parameter("compressed_input").value
+        self._subscription = self.create_subscription(
+            CompressedImage if compressed else Image, "image/compressed" if compressed else "image",
+            self._controller.submit, INPUT_QOS,
+        )
+        self.get_logger().info(
+            f"segmenting {self._subscription.topic_name} with backend {self._controller.backend_name}; "
+            f"bank: {', '.join(self._controller.available)}; active: {', '.join(self._controller.active)}"
+        )
+
+    def _declare(self, spec: ParameterSpec, default: Any) -> Any:
+        value = self.declare_parameter(spec.name, default, _descriptor(spec)).value
+        reason = spec.check_choice(value)
+        if reason:
+            raise ValueError(reason)
+        return value
+
+    def _create_controller(self) -> SegmentationController:
+        values = {spec.name: self._declare(spec, spec.default) for spec in PARAMETERS if spec.default is not None}
+        pipeline = load_pipeline(
+            values["checkpoint"], values["prompts"], values["backend"], values["engine_dir"], values["device"],
+            values["input_mode"],
+        )
+        startup_defaults = {"classes": pipeline.classes}
+        values.update({spec.name: self._declare(spec, startup_defaults[spec.name])
+                       for spec in PARAMETERS if spec.default is None})
+        return SegmentationController(
+            pipeline,
+            classes=values["classes"],
+            fusion=values["fusion"],
+            score_threshold=values["score_threshold"],
+            publish_color=values["publish_color"],
+            stats_window=values["stats_window"],
+            max_classes=values["max_classes"],
+            compressed_input=values["compressed_input"],
+            clock_ns=lambda: self.get_clock().now().nanoseconds,
+        )
+
+    # ------------------------------------------------------------------------------------ callbacks
+    def _on_set_parameters(self, parameters: list[Parameter]) -> SetParametersResult:
+        changes = {p.name: p.value for p in parameters if p.name in RUNTIME_PARAMETERS}
+        if not changes:
+            return SetParametersResult(successful=True)
+        try:
+            self._controller.update(changes)
+        except ValueError as exc:
+            return SetParametersResult(successful=False, reason=str(exc))
+        if {"classes", "score_threshold"} & changes.keys():
+            self._publish_label_info()
+        return SetParametersResult(successful=True)
+
+    def _on_load_prompts(self, request: LoadPrompts.Request, response: LoadPrompts.Response
+                         ) -> LoadPrompts.Response:
+        update = self._controller.load_prompts(request.path, list(request.classes), request.replace,
+                                               request.activate)
+        if update.success:
+            self.get_logger().info(update.message)
+            # Keep the parameter in step with the active classes (the callback re-validates them).
+            self.set_parameters([Parameter("classes", Parameter.Type.STRING_ARRAY, update.active)])
+            self._publish_label_info()
+        else:
+            self.get_logger().warning(f"load_prompts refused: {update.message}")
+        response.success = update.success
+        response.message = update.message
+        response.available = update.available
+        response.active = update.active
+        return response
+
+    # ------------------------------------------------------------- outputs (called on the worker thread)
+    def _publish(self, result: FrameResult) -> None:
+        self._labels_pub.publish(fill_image(Image(header=result.header), result.labels, "mono8"))
+        if result.overlay is not None:
+            self._color_pub.publish(fill_image(Image(header=result.header), result.overlay, "rgb8"))
+        self._stats_pub.publish(SegmentationStats(header=result.header, **result.stats.fields()))
+
+    def _report(self, rejection: Rejection) -> None:
+        if rejection.malformed:
+            self.get_logger().warning(rejection.reason, throttle_duration_sec=LOG_THROTTLE_S)
+        else:
+            self.get_logger().error(rejection.reason, throttle_duration_sec=LOG_THROTTLE_S)
+
+    def _on_publish_error(self, exc: BaseException) -> None:
+        self.get_logger().error(f"publishing a result failed: {exc!r}", throttle_duration_sec=LOG_THROTTLE_S)
+
+    def _publish_label_info(self) -> None:
+        msg = LabelInfo()
+        msg.header.stamp = self.get_clock().now().to_msg()
+        msg.class_map = [VisionClass(class_id=value, class_name=name)
+                         for value, name in self._controller.label_map().items()]
+        msg.threshold = float(self._controller.score_threshold)
+        self._label_info_pub.publish(msg)
+
+    def destroy_node(self) -> None:
+        """Stop the inference thread (after the frame in progress), then destroy the ROS entities."""
+        if not self._controller.stop(STOP_TIMEOUT_S):
+            self.get_logger().error(f"the inference thread did not stop within {STOP_TIMEOUT_S:.0f} s")
+        super().destroy_node()
+
+
+def main(args: list[str] | None = None) -> int:
+    rclpy.init(args=args)
+    try:
+        node = FPSegNode()
+    except (FPSegError, ValueError, KeyboardInterrupt) as exc:
+        if not isinstance(exc, KeyboardInterrupt):
+            get_logger(NODE_NAME).fatal(f"cannot start: {exc}")
+        rclpy.try_shutdown()
+        return 0 if isinstance(exc, KeyboardInterrupt) else 1
+    try:
+        rclpy.spin(node)
+    except (KeyboardInterrupt, ExternalShutdownException):
+        pass
+    finally:
+        node.destroy_node()
+        rclpy.try_shutdown()
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

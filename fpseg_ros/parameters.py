@@ -1,0 +1,127 @@
+"""The node's parameters, declared from this one table (no rclpy import, so tests and docs can read it)."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any
+
+from fpseg_core.fusion import FUSIONS
+from fpseg_core.preprocess import INPUT_MODES
+
+BACKENDS = ("auto", "tensorrt", "onnxruntime", "torch")
+MAX_LABEL_CLASSES = 255  # label values are uint8: 0 = none, 1 + bank index for each class
+RESTART = "Read-only: set it at launch (restart the node to change it)."
+
+
+@dataclass(frozen=True)
+class ParameterSpec:
+    """One node parameter: default, description and the constraints rclpy enforces or the node checks.
+
+    `default=None` means the node fills it in at start-up (see the description).
+    """
+
+    name: str
+    default: Any
+    description: str
+    read_only: bool = False
+    choices: tuple[str, ...] = ()
+    integer_range: tuple[int, int] | None = None
+    float_range: tuple[float, float] | None = None
+    dynamic_typing: bool = False
+
+    @property
+    def constraints(self) -> str:
+        """Human-readable constraints, for the descriptor's additional_constraints field."""
+        if self.choices:
+            return "one of: " + ", ".join(self.choices)
+        if self.integer_range:
+            return f"integer in [{self.integer_range[0]}, {self.integer_range[1]}]"
+        if self.float_range:
+            return f"number in [{self.float_range[0]}, {self.float_range[1]}]"
+        return ""
+
+    def check_choice(self, value: Any) -> str | None:
+        """Reason `value` is not one of the allowed choices, or None when it is (or there are none)."""
+        if self.choices and value not in self.choices:
+            return f"{self.name} must be one of {', '.join(self.choices)}, got {value!r}"
+        return None
+
+
+PARAMETERS: tuple[ParameterSpec, ...] = (
+    ParameterSpec(
+        "checkpoint", "",
+        "SAM / MobileSAM / FPSeg / fpseg_ros checkpoint file (.pth or .pt; '~' is expanded). Required. " + RESTART,
+        read_only=True,
+    ),
+    ParameterSpec(
+        "prompts", "",
+        "Prompt bank (.safetensors) loaded at start-up; empty = the bank inside the checkpoint (a SAM or "
+        "MobileSAM checkpoint has none, so it needs one). Load more at run time with ~/load_prompts. " + RESTART,
+        read_only=True,
+    ),
+    ParameterSpec(
+        "backend", "auto",
+        "Inference backend: auto picks tensorrt, then onnxruntime, then torch, whichever can run. " + RESTART,
+        read_only=True, choices=BACKENDS,
+    ),
+    ParameterSpec(
+        "engine_dir", "",
+        "Folder of exported ONNX models / TensorRT engines for the onnxruntime and tensorrt backends "
+        "(empty = next to the checkpoint). " + RESTART,
+        read_only=True,
+    ),
+    ParameterSpec(
+        "device", "auto",
+        "Torch device: auto (cuda when available, else cpu), cpu, cuda or cuda:N. " + RESTART,
+        read_only=True,
+    ),
+    ParameterSpec(
+        "input_mode", "squash",
+        "How the image reaches the square encoder input: squash (whole image resized, as FPSeg's prompts "
+        "were tuned) or letterbox (SAM's longest-side resize + padding). " + RESTART,
+        read_only=True, choices=INPUT_MODES,
+    ),
+    ParameterSpec(
+        "compressed_input", False,
+        "Subscribe to image/compressed (sensor_msgs/CompressedImage, JPEG or PNG) instead of image. " + RESTART,
+        read_only=True,
+    ),
+    ParameterSpec(
+        "max_classes", MAX_LABEL_CLASSES,
+        "Most classes that may be active at once (use the class count a TensorRT engine was built for); "
+        f"never more than {MAX_LABEL_CLASSES} (uint8 labels). " + RESTART,
+        read_only=True, integer_range=(1, MAX_LABEL_CLASSES),
+    ),
+    ParameterSpec(
+        "classes", None,
+        "Active classes in priority order, e.g. [road, person]; default: every class of the prompt bank. "
+        "Takes effect on the next frame (no reload). Unknown names, an empty list, duplicates or more than "
+        "max_classes are refused and the previous value stays.",
+        dynamic_typing=True,  # so that an empty list (which arrives typed as BOOL_ARRAY) gets our reason
+    ),
+    ParameterSpec(
+        "fusion", "argmax",
+        "How overlapping classes become one label: argmax (highest score wins) or priority (first class "
+        "in `classes` above the threshold wins). Takes effect on the next frame.",
+        choices=FUSIONS,
+    ),
+    ParameterSpec(
+        "score_threshold", 0.5,
+        "A class is present where its probability (sigmoid of the mask logit) exceeds this; 0.5 is "
+        "FPSeg's logit > 0 rule. Takes effect on the next frame.",
+        float_range=(0.01, 0.99),
+    ),
+    ParameterSpec(
+        "publish_color", False,
+        "Publish ~/color, the rgb8 overlay of the labels on the image (costs CPU and bandwidth). "
+        "Takes effect on the next frame.",
+    ),
+    ParameterSpec(
+        "stats_window", 100,
+        "Number of recent frames the rolling latency / throughput figures in ~/stats cover. "
+        "Takes effect on the next frame.",
+        integer_range=(1, 10000),
+    ),
+)
+PARAMETER_BY_NAME = {spec.name: spec for spec in PARAMETERS}
+RUNTIME_PARAMETERS = tuple(spec.name for spec in PARAMETERS if not spec.read_only)

@@ -1,0 +1,67 @@
+"""Start the fpseg node.
+
+    ros2 launch fpseg_ros segment.launch.py image:=/camera/image_raw \
+        checkpoint:=$HOME/fpseg/fpseg_mobilesam_cityscapes.pth classes:=road,person
+
+Parameters come from `params_file` (default: this package's config/fpseg.yaml); the backend, checkpoint,
+prompts and classes arguments override it when they are not empty. `image` is remapped onto the node's
+`image` input, and `<image>/compressed` onto `image/compressed` (used with compressed_input: true).
+"""
+
+from launch.actions import DeclareLaunchArgument, OpaqueFunction
+from launch.substitutions import LaunchConfiguration, PathJoinSubstitution
+from launch_ros.actions import Node
+from launch_ros.substitutions import FindPackageShare
+
+from launch import LaunchDescription
+
+OVERRIDES = ("backend", "checkpoint", "prompts")
+
+
+def parse_classes(text: str) -> list[str]:
+    """'road,person' or '[road, person]' -> ['road', 'person']."""
+    return [name.strip() for name in text.strip().strip("[]").split(",") if name.strip()]
+
+
+def _fpseg_node(context, *_args, **_kwargs):
+    def arg(name: str) -> str:
+        return LaunchConfiguration(name).perform(context)
+
+    overrides = {name: arg(name) for name in OVERRIDES if arg(name)}
+    if arg("classes"):
+        overrides["classes"] = parse_classes(arg("classes"))
+    parameters = [arg("params_file")] if arg("params_file") else []
+    image = arg("image")
+    return [
+        Node(
+            package="fpseg_ros",
+            executable="fpseg_node",
+            name="fpseg",
+            namespace=arg("namespace"),
+            parameters=[*parameters, overrides],
+            remappings=[("image", image), ("image/compressed", f"{image}/compressed")],
+            output="screen",
+            emulate_tty=True,
+        )
+    ]
+
+
+def generate_launch_description() -> LaunchDescription:
+    return LaunchDescription([
+        DeclareLaunchArgument("image", default_value="image",
+                              description="input sensor_msgs/Image topic (its /compressed twin for compressed input)"),
+        DeclareLaunchArgument("params_file",
+                              default_value=PathJoinSubstitution([FindPackageShare("fpseg_ros"), "config",
+                                                                  "fpseg.yaml"]),
+                              description="node parameters (YAML); empty for the node's built-in defaults"),
+        DeclareLaunchArgument("backend", default_value="",
+                              description="auto, tensorrt, onnxruntime or torch (empty: from params_file)"),
+        DeclareLaunchArgument("checkpoint", default_value="",
+                              description="checkpoint file (empty: from params_file)"),
+        DeclareLaunchArgument("prompts", default_value="",
+                              description="prompt bank .safetensors (empty: from params_file)"),
+        DeclareLaunchArgument("classes", default_value="",
+                              description="active classes, e.g. road,person (empty: from params_file)"),
+        DeclareLaunchArgument("namespace", default_value="", description="namespace of the node"),
+        OpaqueFunction(function=_fpseg_node),
+    ])

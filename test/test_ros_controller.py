@@ -1,0 +1,415 @@
+"""The node's ROS-free controller on a real tiny FPSeg model: class switching, prompt loading with rollback,
+per-frame outputs and stats, and the newest-frame worker."""
+
+from __future__ import annotations
+
+import threading
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from conftest import TINY_CLASSES, make_bank
+from ros_fakes import compressed_message, image_message, random_pixels
+from safetensors.torch import save_file
+
+from fpseg_core import FPSeg, PromptBank
+from fpseg_core.preprocess import to_rgb
+from fpseg_ros.controller import (
+    ClassSelectionError,
+    FrameResult,
+    Rejection,
+    SegmentationController,
+    probability_to_logit,
+)
+
+LOW_THRESHOLD = 0.01  # random weights: a low threshold makes sure classes show up in the labels
+WAIT_S = 60.0
+
+
+@pytest.fixture()
+def controller(tiny_model: FPSeg) -> SegmentationController:
+    return SegmentationController(tiny_model, score_threshold=LOW_THRESHOLD)
+
+
+@pytest.fixture()
+def frame() -> np.ndarray:
+    return random_pixels(24, 32, 3, seed=11)
+
+
+def _labels(controller: SegmentationController, pixels: np.ndarray, encoding: str = "rgb8") -> np.ndarray:
+    outcome = controller.handle(image_message(pixels, encoding))
+    assert isinstance(outcome, FrameResult), outcome
+    return outcome.labels
+
+
+def _state(controller: SegmentationController, model: FPSeg) -> tuple:
+    return controller.available, controller.active, model.bank, model.bank.embeddings.clone()
+
+
+def _assert_unchanged(before: tuple, controller: SegmentationController, model: FPSeg) -> None:
+    available, active, bank, tokens = before
+    assert controller.available == available
+    assert controller.active == active
+    assert model.bank is bank
+    torch.testing.assert_close(model.bank.embeddings, tokens)
+
+
+# ------------------------------------------------------------------------------------------ classes
+def test_default_active_classes_are_the_whole_bank(controller: SegmentationController) -> None:
+    assert controller.available == TINY_CLASSES
+    assert controller.active == TINY_CLASSES
+    assert controller.label_map() == {0: "none", 1: "road", 2: "car", 3: "person", 4: "sky"}
+
+
+@pytest.mark.parametrize(("classes", "expected"), [
+    (["road", "bicycle"], "unknown class(es) 'bicycle'; available: road, car, person, sky"),
+    ([], "classes is empty; choose at least one of: road, car, person, sky"),
+    ("road", "must be a list of class names"),
+    (None, "must be a list of class names"),
+    ([1, 2], "classes must be strings"),
+    (["car", "car"], "listed twice: car"),
+])
+def test_bad_class_list_is_refused_and_the_old_one_stays(
+    controller: SegmentationController, classes: object, expected: str
+) -> None:
+    controller.update({"classes": ["person", "road"]})
+    with pytest.raises(ClassSelectionError) as info:
+        controller.update({"classes": classes})
+    assert expected in str(info.value)
+    assert controller.active == ["person", "road"]
+
+
+def test_too_many_classes_names_the_limit(tiny_model: FPSeg) -> None:
+    controller = SegmentationController(tiny_model, classes=["road"], max_classes=2)
+    with pytest.raises(ClassSelectionError, match=r"3 classes requested, at most 2 may be active \(max_classes\)"):
+        controller.update({"classes": ["road", "car", "sky"]})
+    assert controller.active == ["road"]
+    with pytest.raises(ClassSelectionError, match="at most 2"):
+        SegmentationController(tiny_model, max_classes=2)  # default = the whole bank of 4
+
+
+def test_update_is_all_or_nothing(controller: SegmentationController) -> None:
+    with pytest.raises(ValueError, match="fusion must be one of argmax, priority"):
+        controller.update({"classes": ["sky"], "fusion": "vote"})
+    with pytest.raises(ValueError, match="score_threshold must be a number in"):
+        controller.update({"classes": ["sky"], "score_threshold": 1.5})
+    with pytest.raises(ValueError, match="stats_window must be a positive integer"):
+        controller.update({"classes": ["sky"], "stats_window": 0})
+    with pytest.raises(ValueError, match="not a run-time setting: checkpoint"):
+        controller.update({"classes": ["sky"], "checkpoint": "x.pth"})
+    assert controller.active == TINY_CLASSES
+
+
+def test_class_switch_takes_effect_on_the_next_frame(
+    controller: SegmentationController, tiny_model: FPSeg, frame: np.ndarray
+) -> None:
+    threshold = probability_to_logit(LOW_THRESHOLD)
+    controller.update({"classes": ["road"]})
+    labels = _labels(controller, frame)
+    np.testing.assert_array_equal(labels, tiny_model.predict(frame, ["road"], threshold=threshold))
+    assert set(np.unique(labels)) <= {0, 1} and labels.any()
+
+    controller.update({"classes": ["sky", "person"], "fusion": "priority"})
+    labels = _labels(controller, frame)
+    expected = tiny_model.predict(frame, ["sky", "person"], fusion="priority", threshold=threshold)
+    np.testing.assert_array_equal(labels, expected)
+    assert set(np.unique(labels)) <= {0, 3, 4} and labels.any()
+
+
+def test_threshold_is_a_probability(controller: SegmentationController, tiny_model: FPSeg,
+                                    frame: np.ndarray) -> None:
+    controller.update({"score_threshold": 0.5})
+    np.testing.assert_array_equal(_labels(controller, frame), tiny_model.predict(frame, threshold=0.0))
+    assert probability_to_logit(0.5) == 0.0
+
+
+def test_switching_classes_while_frames_flow_is_atomic(controller: SegmentationController) -> None:
+    """Every published frame's labels belong to the class list its stats report, never a mix."""
+    allowed = {("road",): {0, 1}, ("car", "sky"): {0, 2, 4}}
+    results: list[FrameResult] = []
+    done = threading.Event()
+
+    def on_result(result: FrameResult) -> None:
+        results.append(result)
+        if len(results) >= 12:
+            done.set()
+
+    controller.start(on_result, lambda rejection: pytest.fail(rejection.reason))
+    stop_flipping = threading.Event()
+
+    def flip() -> None:
+        while not stop_flipping.is_set():
+            for classes in allowed:
+                controller.update({"classes": list(classes)})
+
+    flipper = threading.Thread(target=flip)
+    flipper.start()
+    try:
+        for seed in range(500):
+            controller.submit(image_message(random_pixels(16, 16, 3, seed), "rgb8"))
+            if done.wait(0.01):
+                break
+        assert done.wait(WAIT_S)
+    finally:
+        stop_flipping.set()
+        flipper.join()
+        assert controller.stop()
+    for result in results:
+        assert set(np.unique(result.labels)) <= allowed[tuple(result.stats.classes)]
+
+
+# ------------------------------------------------------------------------------------- prompt banks
+def _save(bank: PromptBank, tmp_path: Path, name: str) -> str:
+    return str(bank.save(tmp_path / f"{name}.safetensors"))
+
+
+def test_merge_adds_a_class_and_activates_it(
+    controller: SegmentationController, tiny_model: FPSeg, tmp_path: Path, frame: np.ndarray
+) -> None:
+    controller.update({"classes": ["road"]})
+    path = _save(make_bank(tiny_model, ["bicycle"]), tmp_path, "bicycle")
+    update = controller.load_prompts(path, activate=True)
+    assert update.success, update.message
+    assert update.available == [*TINY_CLASSES, "bicycle"] == controller.available
+    assert update.active == ["road", "bicycle"] == controller.active
+    assert "merged 1 class(es)" in update.message
+    labels = _labels(controller, frame)
+    assert set(np.unique(labels)) <= {0, 1, 5} and (labels == 5).any()
+    assert controller.label_map()[5] == "bicycle"
+
+
+def test_merge_overwrites_a_class_of_the_same_name(
+    controller: SegmentationController, tiny_model: FPSeg, tmp_path: Path
+) -> None:
+    new = make_bank(tiny_model, ["car"], seed=9)
+    update = controller.load_prompts(_save(new, tmp_path, "car"))
+    assert update.success and update.available == TINY_CLASSES and update.active == TINY_CLASSES
+    torch.testing.assert_close(tiny_model.bank.embeddings[1], new.embeddings[0])
+
+
+def test_subset_takes_only_the_named_classes(
+    controller: SegmentationController, tiny_model: FPSeg, tmp_path: Path
+) -> None:
+    path = _save(make_bank(tiny_model, ["bicycle", "train", "bus"]), tmp_path, "three")
+    update = controller.load_prompts(path, classes=["bus", "bicycle"], activate=True)
+    assert update.success
+    assert update.available == [*TINY_CLASSES, "bus", "bicycle"]
+    assert update.active == [*TINY_CLASSES, "bus", "bicycle"]
+
+
+def test_replace_keeps_the_active_classes_it_still_has(
+    controller: SegmentationController, tiny_model: FPSeg, tmp_path: Path, frame: np.ndarray
+) -> None:
+    controller.update({"classes": ["person", "car"]})
+    update = controller.load_prompts(_save(make_bank(tiny_model, ["bus", "car"]), tmp_path, "new"), replace=True)
+    assert update.success, update.message
+    assert update.available == ["bus", "car"] and update.active == ["car"]
+    assert "deactivated (not in the new bank): person" in update.message
+    assert set(np.unique(_labels(controller, frame))) <= {0, 2}
+
+
+def _corrupt(tmp_path: Path, model: FPSeg) -> str:
+    path = tmp_path / "corrupt.safetensors"
+    path.write_bytes(np.random.default_rng(0).integers(0, 256, 300, dtype=np.uint8).tobytes())
+    return str(path)
+
+
+def _not_a_bank(tmp_path: Path, model: FPSeg) -> str:
+    path = tmp_path / "weights.safetensors"
+    save_file({"weight": torch.zeros(3, 3)}, str(path))
+    return str(path)
+
+
+def _wrong_shape(tmp_path: Path, model: FPSeg) -> str:
+    bank = make_bank(model, ["bicycle"])
+    path = _save(bank, tmp_path, "shape")
+    header = {"format": "fpseg-prompt-bank/1", "names": '["bicycle"]', "prompt_size": "4",
+              "decoder_fingerprint": bank.decoder_fingerprint}
+    save_file({"prompt_embeddings": torch.zeros(1, 4, 128)}, path, metadata=header)
+    return path
+
+
+def _other_decoder(tmp_path: Path, model: FPSeg) -> str:
+    bank = make_bank(model, ["bicycle"])
+    bank.decoder_fingerprint = "0123456789abcdef"
+    return _save(bank, tmp_path, "fingerprint")
+
+
+def _other_prompt_size(tmp_path: Path, model: FPSeg) -> str:
+    bank = make_bank(model, ["bicycle"])
+    return _save(PromptBank(bank.names, torch.zeros(1, 8, 256), bank.encoder, bank.decoder_fingerprint),
+                 tmp_path, "size")
+
+
+@pytest.mark.parametrize(("make_file", "options", "expected"), [
+    (lambda tmp, model: str(tmp / "missing.safetensors"), {}, "does not exist"),
+    (_corrupt, {}, "not a readable safetensors prompt bank"),
+    (_not_a_bank, {}, "not an FPSeg prompt bank"),
+    (_wrong_shape, {}, "must have shape [n_classes, prompt_size, 256]"),
+    (_other_decoder, {}, "was tuned for decoder 0123456789abcdef"),
+    (_other_prompt_size, {}, "prompt size 8 does not match the running bank's 4"),
+    (lambda tmp, model: _save(make_bank(model, ["bus"]), tmp, "bus"), {"classes": ["tram"]},
+     "unknown class(es) 'tram'"),
+    (lambda tmp, model: _save(make_bank(model, ["bus"]), tmp, "bus"), {"replace": True},
+     "classes is empty"),
+])
+def test_a_bad_bank_is_refused_and_nothing_changes(
+    controller: SegmentationController, tiny_model: FPSeg, tmp_path: Path, frame: np.ndarray,
+    make_file, options: dict, expected: str,
+) -> None:
+    controller.update({"classes": ["sky", "road"]})
+    labels_before = _labels(controller, frame)
+    before = _state(controller, tiny_model)
+    path = make_file(tmp_path, tiny_model)
+    update = controller.load_prompts(path, **options)
+    assert not update.success
+    assert expected in update.message and path in update.message
+    assert update.available == TINY_CLASSES and update.active == ["sky", "road"]
+    _assert_unchanged(before, controller, tiny_model)
+    np.testing.assert_array_equal(_labels(controller, frame), labels_before)
+
+
+def test_activation_beyond_max_classes_is_refused(tiny_model: FPSeg, tmp_path: Path) -> None:
+    controller = SegmentationController(tiny_model, max_classes=5)
+    before = _state(controller, tiny_model)
+    update = controller.load_prompts(_save(make_bank(tiny_model, ["bus", "train"]), tmp_path, "two"),
+                                     activate=True)
+    assert not update.success and "6 classes requested, at most 5" in update.message
+    _assert_unchanged(before, controller, tiny_model)
+
+
+class SwapFailsHalfway(FPSeg):
+    """A backend that has already overwritten its device tokens when taking a new bank fails."""
+
+    def set_bank(self, bank: PromptBank, force: bool = False) -> None:
+        if "poison" in bank.names:
+            self._prompts = torch.zeros_like(self._prompts)
+            raise RuntimeError("CUDA error: out of memory")
+        super().set_bank(bank, force)
+
+
+def test_backend_failure_during_the_swap_rolls_back(tiny_model: FPSeg, tmp_path: Path,
+                                                    frame: np.ndarray) -> None:
+    model = SwapFailsHalfway(tiny_model.model, tiny_model.bank)
+    controller = SegmentationController(model, score_threshold=LOW_THRESHOLD)
+    labels_before = _labels(controller, frame)
+    before = _state(controller, model)
+    update = controller.load_prompts(_save(make_bank(model, ["poison"]), tmp_path, "poison"), activate=True)
+    assert not update.success and "could not take the bank (CUDA error: out of memory)" in update.message
+    _assert_unchanged(before, controller, model)
+    np.testing.assert_array_equal(_labels(controller, frame), labels_before)
+
+
+# ------------------------------------------------------------------------------------------- frames
+def test_outputs_carry_the_input_header_and_size(controller: SegmentationController) -> None:
+    msg = image_message(random_pixels(21, 34, 3), "bgr8", padding=2, sec=7, nanosec=5, frame_id="cam_front")
+    result = controller.handle(msg)
+    assert isinstance(result, FrameResult)
+    assert result.header is msg.header
+    assert result.labels.shape == (21, 34) and result.labels.dtype == np.uint8
+    assert result.overlay is None
+
+
+def test_overlay_shows_the_rgb_image_where_nothing_was_found(controller: SegmentationController) -> None:
+    controller.update({"publish_color": True, "score_threshold": 0.5})
+    pixels = random_pixels(20, 30, 3, seed=4)
+    result = controller.handle(image_message(pixels, "bgr8"))
+    assert isinstance(result, FrameResult)
+    assert result.overlay.shape == (20, 30, 3) and result.overlay.dtype == np.uint8
+    background = result.labels == 0
+    assert background.any() and (~background).any()
+    rgb = to_rgb(pixels, "bgr")
+    np.testing.assert_array_equal(result.overlay[background], rgb[background])
+    assert (result.overlay[~background] != rgb[~background]).any(axis=-1).all()
+
+
+def test_stats_count_frames_and_measure_latency_from_the_stamp(tiny_model: FPSeg) -> None:
+    ticks = iter([5_000_000_000, 5_050_000_000, 6_000_000_000, 6_030_000_000, 9_000_000_000, 9_020_000_000])
+    controller = SegmentationController(tiny_model, classes=["car"], stats_window=2,
+                                        clock_ns=lambda: next(ticks))
+    pixels = random_pixels(8, 8, 3)
+    first = controller.handle(image_message(pixels, "rgb8", sec=4, nanosec=900_000_000))  # stamp 100 ms old
+    second = controller.handle(image_message(pixels, "rgb8", sec=6))  # stamped on arrival
+    third = controller.handle(image_message(pixels, "rgb8", sec=0))  # unstamped: from arrival
+    assert [r.stats.frame for r in (first, second, third)] == [1, 2, 3]
+    assert [r.stats.latency_ms for r in (first, second, third)] == pytest.approx([150.0, 30.0, 20.0])
+    stats = third.stats
+    assert stats.window == 2 and stats.latency_mean_ms == pytest.approx(25.0)
+    assert stats.latency_max_ms == pytest.approx(30.0)
+    assert stats.classes == ["car"] and stats.backend == controller.backend_name
+    assert stats.inference_ms == pytest.approx(
+        stats.preprocess_ms + stats.encoder_ms + stats.decoder_ms + stats.postprocess_ms)
+    assert (stats.dropped_frames, stats.rejected_frames, stats.failed_frames) == (0, 0, 0)
+
+
+def test_malformed_message_is_counted_and_the_next_frame_works(controller: SegmentationController) -> None:
+    bad = image_message(random_pixels(4, 4, 3), "rgb8")
+    bad.step = 5
+    outcome = controller.handle(bad)
+    assert isinstance(outcome, Rejection) and outcome.malformed
+    assert "step 5 is smaller than width x channels" in outcome.reason
+    good = controller.handle(image_message(random_pixels(4, 4, 3), "rgb8"))
+    assert isinstance(good, FrameResult) and good.stats.rejected_frames == 1 and good.stats.frame == 1
+
+
+def test_inference_failure_is_counted_and_the_node_goes_on(
+    controller: SegmentationController, tiny_model: FPSeg, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    with monkeypatch.context() as patch:
+        patch.setattr(tiny_model, "segment", lambda *a, **k: (_ for _ in ()).throw(RuntimeError("device lost")))
+        outcome = controller.handle(image_message(random_pixels(4, 4, 3), "rgb8"))
+    assert isinstance(outcome, Rejection) and not outcome.malformed
+    assert "RuntimeError: device lost" in outcome.reason
+    good = controller.handle(image_message(random_pixels(4, 4, 3), "rgb8"))
+    assert isinstance(good, FrameResult) and good.stats.failed_frames == 1
+
+
+def test_compressed_input(tiny_model: FPSeg, frame: np.ndarray) -> None:
+    controller = SegmentationController(tiny_model, compressed_input=True)
+    result = controller.handle(compressed_message(frame, "png"))
+    assert isinstance(result, FrameResult)
+    np.testing.assert_array_equal(result.labels, tiny_model.predict(frame))
+    assert isinstance(controller.handle(image_message(frame, "rgb8")), Rejection)
+
+
+class GatedFPSeg(FPSeg):
+    """Blocks each inference until the test lets it go."""
+
+    def __init__(self, *args, **kwargs) -> None:
+        super().__init__(*args, **kwargs)
+        self.started = threading.Semaphore(0)
+        self.release = threading.Semaphore(0)
+
+    def segment(self, *args, **kwargs):
+        self.started.release()
+        assert self.release.acquire(timeout=WAIT_S)
+        return super().segment(*args, **kwargs)
+
+
+def test_worker_drops_stale_frames_under_overload(tiny_model: FPSeg) -> None:
+    model = GatedFPSeg(tiny_model.model, tiny_model.bank)
+    controller = SegmentationController(model)
+    results: list[FrameResult] = []
+    controller.start(results.append, lambda rejection: pytest.fail(rejection.reason))
+    try:
+        controller.submit(image_message(random_pixels(8, 8, 3), "rgb8", sec=1))
+        assert model.started.acquire(timeout=WAIT_S)  # frame 1 is being segmented
+        for sec in range(2, 21):  # 19 frames arrive meanwhile; submit never waits for inference
+            controller.submit(image_message(random_pixels(8, 8, 3), "rgb8", sec=sec))
+        assert controller.dropped_frames == 18
+        model.release.release()
+        assert model.started.acquire(timeout=WAIT_S)
+        model.release.release()
+    finally:
+        model.release.release()
+        assert controller.stop(WAIT_S)
+    assert [r.header.stamp.sec for r in results] == [1, 20]
+    assert results[-1].stats.dropped_frames == 18
+
+
+def test_mono8_frame_is_segmented_as_grey_rgb(controller: SegmentationController, tiny_model: FPSeg) -> None:
+    grey = random_pixels(6, 9, 1, seed=8)
+    threshold = probability_to_logit(LOW_THRESHOLD)
+    np.testing.assert_array_equal(_labels(controller, grey, "mono8"),
+                                  tiny_model.predict(np.repeat(grey[..., None], 3, 2), threshold=threshold))
