@@ -31,6 +31,7 @@ setup(
         "test": [
             "pytest>=7.4",
             "hypothesis>=6.80",
+            "catkin_pkg>=0.5",  # validates package.xml as colcon / rosdep do (test_ros_package.py)
             "ruff>=0.4",
             "onnx>=1.15",
             "onnxruntime>=1.17",

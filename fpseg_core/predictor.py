@@ -11,6 +11,8 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from .backends import create_backend
+from .backends.fast_labels import FastLabeler
 from .checkpoint import load_checkpoint
 from .errors import PromptBankError
 from .fusion import FUSIONS, Fusion, fuse
@@ -53,7 +55,12 @@ class _StageTimer:
 class FPSeg:
     """A loaded FPSeg network with its prompt bank.
 
-    The encoder runs once per image; the decoder runs once for all requested classes (batched).
+    The encoder runs once per image; the decoder runs once for all requested classes (batched). Both run on
+    a backend: `backend` is 'auto' (default), 'torch', 'onnxruntime' or 'tensorrt'; `engine_dir` is the
+    folder of an `fpseg export-onnx` (and `fpseg build-engine`) run, needed by the latter two and by
+    'auto' to pick them (without one, 'auto' runs torch). `dtype` ('fp32', 'bf16', 'fp16') applies to the
+    torch backend. The label image is computed without N full-resolution logit maps (`FastLabeler`);
+    `segment_baseline` is the straightforward published computation, kept for comparison.
     """
 
     def __init__(
@@ -65,6 +72,9 @@ class FPSeg:
         fusion: Fusion = "argmax",
         threshold: float = 0.0,
         force_bank: bool = False,
+        backend: str = "auto",
+        engine_dir: str | Path | None = None,
+        dtype: str = "fp32",
     ) -> None:
         if input_mode not in INPUT_MODES:
             raise ValueError(f"input_mode must be one of {', '.join(INPUT_MODES)}, got {input_mode!r}")
@@ -77,6 +87,8 @@ class FPSeg:
         self.fusion: Fusion = fusion
         self.threshold = float(threshold)
         self.set_bank(bank, force=force_bank)
+        self.backend = create_backend(backend, self.model, self.device, engine_dir, self.fingerprint, dtype)
+        self._labeler = FastLabeler()
 
     @classmethod
     def from_checkpoint(
@@ -90,7 +102,8 @@ class FPSeg:
         """Load a SAM / MobileSAM / FPSeg / project checkpoint, and optionally a prompt bank file.
 
         A SAM or MobileSAM checkpoint carries no trained prompts, so `prompts` is required for it.
-        Remaining keyword arguments go to the constructor (device, input_mode, fusion, threshold).
+        Remaining keyword arguments go to the constructor (device, input_mode, fusion, threshold, backend,
+        engine_dir, dtype).
         """
         loaded = load_checkpoint(checkpoint, encoder=encoder)
         bank = PromptBank.load(prompts) if isinstance(prompts, (str, Path)) else prompts
@@ -124,6 +137,11 @@ class FPSeg:
     def img_size(self) -> int:
         return self.model.img_size
 
+    @property
+    def backend_name(self) -> str:
+        """The backend that runs the network: 'torch', 'onnxruntime' or 'tensorrt'."""
+        return self.backend.name
+
     def set_bank(self, bank: PromptBank, force: bool = False) -> None:
         """Swap in another prompt bank after checking it fits this model's decoder and prompt size."""
         bank.check_fits(self.fingerprint, force=force)
@@ -155,7 +173,7 @@ class FPSeg:
                      ) -> torch.Tensor:
         """Per-class logits [N, H, W] at the input size, post-processed exactly as published FPSeg does."""
         x, geometry = self._prepare(image, color_order)
-        low_res = self.model.decode(self.model.encode(x), self._prompts[list(class_ids)])
+        low_res = self.backend.decode(self.backend.encode(x), self._prompts[list(class_ids)])
         return postprocess_logits(low_res, geometry)[0]
 
     @torch.inference_mode()
@@ -169,6 +187,32 @@ class FPSeg:
     ) -> Segmentation:
         """Label image and per-stage timings for one image (see `predict`)."""
         ids = self.resolve_classes(classes)
+        fusion, threshold = self._fusion_options(fusion, threshold)
+        timer = _StageTimer(self.device)
+        x, geometry = self._prepare(image, color_order)
+        timer.lap("preprocess")
+        embedding = self.backend.encode(x)
+        timer.lap("encoder")
+        low_res = self.backend.decode(embedding, self._prompts[ids])
+        timer.lap("decoder")
+        labels = self._labeler(low_res[0].to(self.device), geometry, ids, fusion, threshold).cpu().numpy()
+        timer.lap("postprocess")
+        return Segmentation(labels, [self.bank.names[i] for i in ids], timer.finish())
+
+    @torch.inference_mode()
+    def segment_baseline(
+        self,
+        image: np.ndarray,
+        classes: Sequence[str] | None = None,
+        fusion: Fusion | None = None,
+        threshold: float | None = None,
+        color_order: ColorOrder = "rgb",
+    ) -> Segmentation:
+        """`segment` computed the straightforward, published way, in PyTorch whatever the backend: encoder,
+        the plain decoder (`FPSegModel.decode`), all N logit maps upsampled to full resolution, then
+        thresholded and fused. The reference for equality tests and `fpseg benchmark`."""
+        ids = self.resolve_classes(classes)
+        fusion, threshold = self._fusion_options(fusion, threshold)
         timer = _StageTimer(self.device)
         x, geometry = self._prepare(image, color_order)
         timer.lap("preprocess")
@@ -176,11 +220,15 @@ class FPSeg:
         timer.lap("encoder")
         low_res = self.model.decode(embedding, self._prompts[ids])
         timer.lap("decoder")
-        logits = postprocess_logits(low_res, geometry)[0]
-        labels = fuse(logits, ids, fusion or self.fusion, self.threshold if threshold is None else threshold)
-        labels_np = labels.cpu().numpy()
+        labels = fuse(postprocess_logits(low_res, geometry)[0], ids, fusion, threshold).cpu().numpy()
         timer.lap("postprocess")
-        return Segmentation(labels_np, [self.bank.names[i] for i in ids], timer.finish())
+        return Segmentation(labels, [self.bank.names[i] for i in ids], timer.finish())
+
+    def _fusion_options(self, fusion: Fusion | None, threshold: float | None) -> tuple[Fusion, float]:
+        fusion = fusion or self.fusion
+        if fusion not in FUSIONS:
+            raise ValueError(f"fusion must be one of {', '.join(FUSIONS)}, got {fusion!r}")
+        return fusion, self.threshold if threshold is None else float(threshold)
 
     def predict(
         self,

@@ -25,7 +25,7 @@ from fpseg_core.visualize import blend, colorize, palette
 
 from .frame_slot import LatestFrameWorker
 from .image_codec import DecodedImage, MalformedImageError, decode_compressed, decode_image
-from .parameters import MAX_LABEL_CLASSES, PARAMETER_BY_NAME
+from .parameters import MAX_LABEL_CLASSES, PARAMETER_BY_NAME, RUNTIME_PARAMETERS
 from .stats import RollingStats
 
 OVERLAY_ALPHA = 0.5
@@ -249,7 +249,7 @@ class SegmentationController:
 
         Every value is checked first; on any problem nothing changes and ValueError says why.
         """
-        unknown = sorted(set(changes) - {"classes", "fusion", "score_threshold", "publish_color", "stats_window"})
+        unknown = sorted(set(changes) - set(RUNTIME_PARAMETERS))
         if unknown:
             raise ValueError(f"not a run-time setting: {', '.join(unknown)}")
         with self._state_lock:
@@ -296,7 +296,7 @@ class SegmentationController:
                 loaded = loaded.subset(list(classes))
             loaded.check_fits(self._fpseg.fingerprint)
         except (FPSegError, KeyError, ValueError, OSError) as exc:
-            return self._refused(f"{path}: {_message(exc)}")
+            return self._refused(path, _message(exc))
         with self._model_lock, self._state_lock:
             current = self._fpseg.bank
             try:
@@ -314,14 +314,14 @@ class SegmentationController:
                 added = [name for name in loaded.names if activate and name not in kept]
                 active = self.validate_classes(kept + added, bank)
             except (FPSegError, ValueError) as exc:
-                return self._refused(f"{path}: {_message(exc)}", locked=True)
+                return self._refused(path, _message(exc), locked=True)
             try:
                 self._fpseg.set_bank(bank)
             # A backend may fail anywhere while taking the new tokens (e.g. out of GPU memory): put the old
             # bank back so the node keeps running as before.
             except Exception as exc:
                 self._fpseg.set_bank(current, force=True)
-                return self._refused(f"{path}: the backend could not take the bank ({exc})", locked=True)
+                return self._refused(path, f"the backend could not take the bank ({exc})", locked=True)
             self._palette = palette(bank.names)
             dropped = [name for name in self._active if name not in active]
             self._active = active
@@ -331,7 +331,9 @@ class SegmentationController:
             message += f"; deactivated (not in the new bank): {', '.join(dropped)}"
         return PromptUpdate(True, message, list(bank.names), list(active))
 
-    def _refused(self, reason: str, locked: bool = False) -> PromptUpdate:
+    def _refused(self, path: str, reason: str, locked: bool = False) -> PromptUpdate:
+        if path not in reason:
+            reason = f"{path}: {reason}"
         if locked:
             return PromptUpdate(False, reason, list(self._fpseg.classes), list(self._active))
         return PromptUpdate(False, reason, self.available, self.active)

@@ -136,9 +136,9 @@ class FPSegNode(Node):
                                                request.activate)
         if update.success:
             self.get_logger().info(update.message)
-            # Keep the parameter in step with the active classes (the callback re-validates them).
+            # Keep the parameter in step with the active classes; its callback re-validates them and
+            # republishes ~/label_info for the new bank.
             self.set_parameters([Parameter("classes", Parameter.Type.STRING_ARRAY, update.active)])
-            self._publish_label_info()
         else:
             self.get_logger().warning(f"load_prompts refused: {update.message}")
         response.success = update.success
@@ -161,6 +161,8 @@ class FPSegNode(Node):
             self.get_logger().error(rejection.reason, throttle_duration_sec=LOG_THROTTLE_S)
 
     def _on_publish_error(self, exc: BaseException) -> None:
+        if not self.context.ok():  # Ctrl-C shut the context down while a result was being published
+            return
         self.get_logger().error(f"publishing a result failed: {exc!r}", throttle_duration_sec=LOG_THROTTLE_S)
 
     def _publish_label_info(self) -> None:

@@ -8,12 +8,11 @@ prompts and classes arguments override it when they are not empty. `image` is re
 `image` input, and `<image>/compressed` onto `image/compressed` (used with compressed_input: true).
 """
 
+from launch import LaunchDescription
 from launch.actions import DeclareLaunchArgument, OpaqueFunction
 from launch.substitutions import LaunchConfiguration, PathJoinSubstitution
 from launch_ros.actions import Node
 from launch_ros.substitutions import FindPackageShare
-
-from launch import LaunchDescription
 
 OVERRIDES = ("backend", "checkpoint", "prompts")
 

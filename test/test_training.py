@@ -195,13 +195,19 @@ def test_eval_reports_both_metrics_consistently(ws: Workspace, trained: Path) ->
     assert fresh_result["binary_iou"]["per_class"] == pytest.approx(result["binary_iou"]["per_class"])
 
 
-def test_train_names_missing_embeddings(ws: Workspace, tmp_path: Path, capsys) -> None:
+def test_train_refuses_missing_or_unsuitable_embeddings(ws: Workspace, tmp_path: Path, capsys) -> None:
     partial = tmp_path / "partial"
     assert fpseg("precompute", "--data", ws.data, "--checkpoint", ws.checkpoint, "--out", partial, "--splits",
                  "train", "--num-workers", "0", "--no-progress") == 0
     assert fpseg("train", "--data", ws.data, "--checkpoint", ws.checkpoint, "--embeddings", partial, "--out",
                  tmp_path / "run", *QUICK_TRAIN) == 2
     assert "6 image(s) of split 'val' have no embedding" in capsys.readouterr().err
+    letterboxed = tmp_path / "letterboxed"
+    assert fpseg("precompute", "--data", ws.data, "--checkpoint", ws.checkpoint, "--out", letterboxed, "--splits",
+                 "train", "--input-mode", "letterbox", "--num-workers", "0", "--no-progress") == 0
+    assert fpseg("train", "--data", ws.data, "--checkpoint", ws.checkpoint, "--embeddings", letterboxed, "--out",
+                 tmp_path / "run", *QUICK_TRAIN) == 2
+    assert "precompute with --input-mode squash" in capsys.readouterr().err
     other = tiny_checkpoint(tmp_path / "other.pth", seed=3)
     assert fpseg("train", "--data", ws.data, "--checkpoint", other, "--embeddings", ws.embeddings, "--out",
                  tmp_path / "run", *QUICK_TRAIN) == 2

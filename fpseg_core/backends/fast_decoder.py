@@ -70,12 +70,12 @@ class FastMaskDecoder(nn.Module):
         src = (embedding + self.prompt_encoder.dense_embedding()).flatten(2).transpose(1, 2)  # [1, hw, C]
         pos = self.prompt_encoder.get_dense_pe().flatten(2).transpose(1, 2)  # [1, hw, C]
         context = self._first_layer_image_side(src, pos)
-        n = prompt_tokens.shape[0]
-        step = n if self.class_chunk is None else self.class_chunk
+        if self.class_chunk is None:  # one pass over all classes; the export path (no shape-dependent loop)
+            return self._decode_classes(src, pos, context, prompt_tokens, h, w).unsqueeze(0)
+        step = self.class_chunk
         chunks = [self._decode_classes(src, pos, context, prompt_tokens[i : i + step], h, w)
-                  for i in range(0, n, step)]
-        logits = chunks[0] if len(chunks) == 1 else torch.cat(chunks)
-        return logits.unsqueeze(0)
+                  for i in range(0, prompt_tokens.shape[0], step)]
+        return torch.cat(chunks).unsqueeze(0)
 
     def _first_layer_image_side(self, src: torch.Tensor, pos: torch.Tensor) -> tuple[torch.Tensor, ...]:
         """The first layer's projections of the image tokens, identical for every class."""
@@ -109,7 +109,7 @@ class FastMaskDecoder(nn.Module):
         layer = self.transformer.layers[0]
         t2i, i2t = layer.cross_attn_token_to_image, layer.cross_attn_image_to_token
         image_keys, image_values, image_queries = context
-        n, t, c = tokens.shape
+        n, t, _ = tokens.shape
         queries = layer.norm1(layer.self_attn(q=tokens, k=tokens, v=tokens))
         # token->image: the image keys / values are shared, so all classes' tokens form one query sequence.
         q = _split_heads(t2i.q_proj(queries + tokens).reshape(1, n * t, -1), t2i.num_heads)

@@ -6,6 +6,8 @@ import argparse
 import sys
 from pathlib import Path
 
+from ..backends import BACKENDS
+from ..backends.torch_backend import DTYPES
 from ..modeling.build import ENCODERS, tiny_config
 from ..predictor import FPSeg
 from ..preprocess import INPUT_MODES
@@ -28,11 +30,23 @@ def add_model_arguments(parser: argparse.ArgumentParser) -> None:
                        help="squash the image to the encoder size (FPSeg) or letterbox it (SAM)")
     group.add_argument("--fusion", choices=("argmax", "priority"), default="argmax")
     group.add_argument("--threshold", type=float, default=0.0, help="a class is present where its logit > this")
+    add_backend_arguments(group)
+
+
+def add_backend_arguments(group: argparse._ActionsContainer) -> None:
+    """--backend / --engine-dir / --dtype: where the network runs (see fpseg_core.backends)."""
+    group.add_argument("--backend", choices=BACKENDS, default="auto",
+                       help="auto: tensorrt if --engine-dir has engines and a GPU is usable, else onnxruntime "
+                            "if it has an ONNX export, else torch")
+    group.add_argument("--engine-dir", type=Path,
+                       help="folder written by `fpseg export-onnx` (and `fpseg build-engine`)")
+    group.add_argument("--dtype", choices=tuple(DTYPES), default="fp32", help="torch backend precision")
 
 
 def load_model(args: argparse.Namespace) -> FPSeg:
     options = {"device": args.device, "input_mode": args.input_mode, "fusion": args.fusion,
-               "threshold": args.threshold}
+               "threshold": args.threshold, "backend": args.backend, "engine_dir": args.engine_dir,
+               "dtype": args.dtype}
     if args.random_weights:
         print(RANDOM_WARNING, file=sys.stderr)
         return FPSeg.random(tiny_config(args.encoder or "mobilesam"), **options)

@@ -10,7 +10,7 @@ from ..errors import FPSegError
 
 # Subcommand modules in fpseg_core/cli/, in the order `fpseg --help` lists them.
 COMMAND_MODULES = ("segment", "info", "prompts", "bag_from_cityscapes", "eval_bag", "precompute", "train",
-                   "distill", "eval", "eval_labels")
+                   "distill", "eval", "eval_labels", "export_onnx", "build_engine", "benchmark")
 
 
 def build_parser() -> argparse.ArgumentParser:

@@ -65,6 +65,11 @@ class ClassWiseSamples(Dataset):
 
     def __init__(self, dataset: SegmentationDataset, store: EmbeddingStore, pairs: np.ndarray,
                  target_size: int) -> None:
+        if store.header.input_mode != "squash":
+            raise ValueError(
+                f"{store.root} holds {store.header.input_mode} embeddings; class-wise samples squash the masks "
+                "as FPSeg does, so precompute with --input-mode squash"
+            )
         self.dataset = dataset
         self.store = store
         self.pairs = pairs

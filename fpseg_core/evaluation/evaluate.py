@@ -25,6 +25,7 @@ from ..data.embeddings import EmbeddingStore, encoder_fingerprint
 from ..data.sampling import P_NEG_MAX, ClassWiseSamples, draw_pairs
 from ..errors import PromptBankError
 from ..fusion import fuse
+from ..modeling.build import FPSegConfig
 from ..modeling.fpseg import FPSegModel
 from ..preprocess import Geometry, postprocess_logits
 from ..prompt_bank import PromptBank, decoder_fingerprint
@@ -66,7 +67,7 @@ class EvalConfig:
     progress: bool = option(True, "show progress bars")
 
 
-def _load(config: EvalConfig) -> tuple[FPSegModel, Any, PromptBank]:
+def _load(config: EvalConfig) -> tuple[FPSegModel, FPSegConfig, PromptBank]:
     loaded = load_checkpoint(config.checkpoint, encoder=config.encoder)
     bank = PromptBank.load(config.prompts) if config.prompts else loaded.bank
     if bank is None:
@@ -75,7 +76,7 @@ def _load(config: EvalConfig) -> tuple[FPSegModel, Any, PromptBank]:
     return loaded.model, loaded.config, bank
 
 
-def _store(config: EvalConfig, model: FPSegModel, model_config: Any, ctx: DistContext) -> EmbeddingStore:
+def _store(config: EvalConfig, model: FPSegModel, model_config: FPSegConfig, ctx: DistContext) -> EmbeddingStore:
     if config.embeddings:
         store = EmbeddingStore.open(config.embeddings)
         store.check_encoder(encoder_fingerprint(model.state_dict()), config.checkpoint)
@@ -148,7 +149,10 @@ def evaluate(config: EvalConfig) -> dict[str, Any]:
         result.update(cityscapes_miou(model, prompts, bank, dataset, store, ctx, config.threshold,
                                       config.max_images, predictions, config.progress))
     classes = _binary_classes(config, bank)
-    if classes:
+    if store.header.input_mode != "squash":
+        print("note: letterboxed embeddings: no binary IoU (its examples are squashed, as FPSeg trains)",
+              file=sys.stderr)
+    elif classes:
         dataset = open_dataset(config.dataset, config.data, config.split, classes)
         store.check_covers(config.split, [f.key for f in dataset.frames])
         presence = dataset.presence(cache_dir=store.root, progress=config.progress)

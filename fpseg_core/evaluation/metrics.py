@@ -23,7 +23,6 @@ from ..data.cityscapes import frame_stem, list_label_files
 VOID_LABEL_NAMES = ("unlabeled", "ego vehicle", "rectification border", "out of roi", "static", "dynamic",
                     "ground")
 N_LABEL_IDS = len(VOID_LABEL_NAMES) + len(CLASSES)  # label ids 0..33: cityscapesScripts' confusion matrix
-LABEL_ID_NAMES: tuple[str, ...] = (*VOID_LABEL_NAMES, *(c.name for c in CLASSES))
 # Evaluated label ids (ignoreInEval False) in trainId order.
 EVAL_LABEL_IDS: tuple[int, ...] = tuple(CLASS_BY_NAME[name].label_id for name in TRAIN_ID_NAMES)
 

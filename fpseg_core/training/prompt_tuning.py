@@ -176,6 +176,9 @@ def _prepare(config: TrainConfig, ctx: DistContext) -> _Run:
     train_set = open_dataset(config.dataset, config.data, config.split, class_names)
     val_set = open_dataset(config.dataset, config.data, config.val_split, train_set.class_names) \
         if config.val_every else None
+    if store.header.input_mode != "squash":
+        raise ValueError(f"{store.root} holds {store.header.input_mode} embeddings; FPSeg tunes prompts on "
+                         "squashed images: precompute with --input-mode squash")
     for dataset in filter(None, (train_set, val_set)):
         store.check_covers(dataset.split, [f.key for f in dataset.frames])
     presence = _presence(train_set, store, ctx, config.progress)

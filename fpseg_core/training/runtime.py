@@ -187,7 +187,7 @@ def run_training_loop(
         epoch_done = progress.step % settings.steps_per_epoch == 0
         if validate is not None and settings.val_every and (
                 progress.step == total or (epoch_done and (epoch + 1) % settings.val_every == 0)):
-            value = validate(progress.step)
+            value = float(validate(progress.step))  # a plain float: the resume state must load weights_only
             if progress.improves(value, settings.higher_is_better):
                 progress.best, progress.best_step = value, progress.step
                 if ctx.is_main:

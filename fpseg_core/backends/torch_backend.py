@@ -1,0 +1,42 @@
+"""PyTorch backend: the model itself, on CPU or CUDA, in float32, bfloat16 or float16."""
+
+from __future__ import annotations
+
+import copy
+
+import torch
+
+from ..modeling.fpseg import FPSegModel
+from .fast_decoder import FastMaskDecoder
+
+DTYPES = {"fp32": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16}
+
+
+class TorchBackend:
+    """Runs the encoder as it is and the decoder through `FastMaskDecoder` (`class_chunk` classes at a time).
+
+    With dtype bf16 / fp16 a converted copy of the model runs (the pipeline's float32 model is untouched);
+    outputs are returned as float32. fp16 needs CUDA: PyTorch's CPU kernels for it are missing or slow.
+    """
+
+    name = "torch"
+
+    def __init__(self, model: FPSegModel, device: torch.device, dtype: str = "fp32", class_chunk: int = 4) -> None:
+        if dtype not in DTYPES:
+            raise ValueError(f"dtype must be one of {', '.join(DTYPES)}, got {dtype!r}")
+        if dtype == "fp16" and device.type != "cuda":
+            raise ValueError("dtype fp16 needs a CUDA device; on CPU use bf16 (or fp32)")
+        self.device = device
+        self.dtype = DTYPES[dtype]
+        if self.dtype != torch.float32:
+            model = copy.deepcopy(model).to(device=device, dtype=self.dtype)
+        self.model = model.eval()
+        self.decoder = FastMaskDecoder(self.model, class_chunk)
+
+    @torch.inference_mode()
+    def encode(self, image: torch.Tensor) -> torch.Tensor:
+        return self.model.encode(image.to(self.device, self.dtype)).float()
+
+    @torch.inference_mode()
+    def decode(self, embedding: torch.Tensor, prompt_tokens: torch.Tensor) -> torch.Tensor:
+        return self.decoder(embedding.to(self.device, self.dtype), prompt_tokens.to(self.device, self.dtype)).float()

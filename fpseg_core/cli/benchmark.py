@@ -1,0 +1,272 @@
+"""`fpseg benchmark`: latency of image -> label image over class counts and prompt sizes, against the baseline.
+
+For every (prompt size, number of classes) point the fast path (`FPSeg.segment` on the chosen backend) and
+the baseline (`FPSeg.segment_baseline`: the published computation in PyTorch, all N logit maps upsampled to
+full resolution, thresholded and fused afterwards) run alternately on the same image in this process, so
+both see the same machine state. Reported: median and p95 per stage, the speed-up, the cost of one more
+class (least-squares slope of the median total over the class counts), and the share of label pixels on
+which both agree. Without --checkpoint the weights are random (timing only; the output says so).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import platform
+import sys
+import tempfile
+import time
+import warnings
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from tqdm import tqdm
+
+from .. import __version__
+from ..modeling.build import ENCODERS, FPSegConfig, tiny_config
+from ..predictor import STAGES, FPSeg, Segmentation
+from .common import add_backend_arguments
+
+RANDOM_NOTE = "random weights (timing only; labels are meaningless)"
+TOTAL = "total"
+
+
+def register(subparsers: argparse._SubParsersAction) -> None:
+    parser = subparsers.add_parser(
+        "benchmark", help="latency vs number of classes and prompt size, fast path vs published baseline",
+        description=__doc__.split("\n\n")[1])
+    parser.add_argument("--checkpoint", type=Path, help="weights to time (default: random weights)")
+    parser.add_argument("--prompts", type=Path, help="prompt bank for a SAM / MobileSAM checkpoint")
+    parser.add_argument("--encoder", choices=ENCODERS, default="mobilesam")
+    parser.add_argument("--tiny", action="store_true", help="a tiny random network (smoke tests)")
+    parser.add_argument("--device", default="cpu")
+    add_backend_arguments(parser)
+    parser.add_argument("--classes", default="1,2,5,10,19,33", help="comma-separated class counts")
+    parser.add_argument("--prompt-sizes", default="8,16,32,64", help="comma-separated prompt sizes")
+    parser.add_argument("--height", type=int, default=1024)
+    parser.add_argument("--width", type=int, default=2048)
+    parser.add_argument("--repeats", type=int, default=3, help="timed runs per point and pipeline")
+    parser.add_argument("--warmup", type=int, default=1, help="untimed runs per point and pipeline")
+    parser.add_argument("--baseline", action=argparse.BooleanOptionalAction, default=True,
+                        help="also time the published baseline (default: yes)")
+    parser.add_argument("--fusion", choices=("argmax", "priority"), default="argmax")
+    parser.add_argument("--threads", type=int, help="torch / onnxruntime CPU threads (default: torch's)")
+    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--json", type=Path, help="write all results here")
+    parser.add_argument("--plot", type=Path, help="write latency vs classes (PNG) here")
+    parser.set_defaults(func=run)
+
+
+def _int_list(text: str, what: str) -> list[int]:
+    try:
+        values = sorted({int(v) for v in text.split(",") if v.strip()})
+    except ValueError:
+        raise ValueError(f"--{what} must be comma-separated integers, got {text!r}") from None
+    if not values or values[0] < 1:
+        raise ValueError(f"--{what} must list positive integers, got {text!r}")
+    return values
+
+
+def summarise(samples: list[dict[str, float]]) -> dict[str, dict[str, float]]:
+    """Per stage (and total): median and 95th percentile in milliseconds."""
+    return {stage: {"median_ms": float(np.median([s[stage] for s in samples])),
+                    "p95_ms": float(np.percentile([s[stage] for s in samples], 95))}
+            for stage in (*STAGES, TOTAL)}
+
+
+def per_class_cost(classes: list[int], totals: list[float]) -> float | None:
+    """Least-squares slope (ms per class) of the median totals; None with fewer than two class counts."""
+    if len(classes) < 2:
+        return None
+    return float(np.polyfit(classes, totals, 1)[0])
+
+
+def _load(args: argparse.Namespace, prompt_size: int, n_classes: int, engine_dir: Path | None) -> FPSeg:
+    options = {"device": args.device, "fusion": args.fusion, "backend": args.backend, "engine_dir": engine_dir,
+               "dtype": args.dtype}
+    if args.checkpoint is not None:
+        return FPSeg.from_checkpoint(args.checkpoint, prompts=args.prompts, encoder=args.encoder, **options)
+    config = (tiny_config(args.encoder, n_classes, prompt_size) if args.tiny
+              else FPSegConfig(args.encoder, n_classes, prompt_size))
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")  # RANDOM_NOTE is printed once instead
+        return FPSeg.random(config, seed=args.seed, **options)
+
+
+def _export_for_random_weights(args: argparse.Namespace, prompt_size: int, n_classes: int, folder: Path) -> None:
+    """ONNX graphs (and TensorRT engines) of the same random network the benchmark builds."""
+    from ..backends.tensorrt_backend import build_engines
+    from ..export.onnx_export import export_onnx
+
+    reference = _load(argparse.Namespace(**{**vars(args), "backend": "torch", "dtype": "fp32"}), prompt_size,
+                      n_classes, None)
+    config = FPSegConfig(args.encoder, n_classes, prompt_size, reference.img_size)
+    export_onnx(reference.model, config, folder)
+    if args.backend == "tensorrt":
+        build_engines(folder, folder, fp16=False, max_classes=n_classes)
+
+
+def _time_point(model: FPSeg, image: np.ndarray, classes: list[str], args: argparse.Namespace,
+                progress: tqdm) -> dict[str, Any]:
+    pipelines = {"fast": model.segment}
+    if args.baseline:
+        pipelines["baseline"] = model.segment_baseline
+    samples: dict[str, list[dict[str, float]]] = {name: [] for name in pipelines}
+    last: dict[str, Segmentation] = {}
+    for run_index in range(args.warmup + args.repeats):
+        for name, segment in pipelines.items():  # alternate, so both see the same machine state
+            last[name] = segment(image, classes)
+            if run_index >= args.warmup:
+                samples[name].append(last[name].timings_ms)
+            progress.update()
+    point: dict[str, Any] = {name: summarise(runs) for name, runs in samples.items()}
+    if args.baseline:
+        point["speedup"] = point["baseline"][TOTAL]["median_ms"] / point["fast"][TOTAL]["median_ms"]
+        point["labels_equal_fraction"] = float((last["fast"].labels == last["baseline"].labels).mean())
+    return point
+
+
+def run(args: argparse.Namespace) -> int:
+    class_counts = _int_list(args.classes, "classes")
+    prompt_sizes = _int_list(args.prompt_sizes, "prompt-sizes")
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    random_weights = args.checkpoint is None
+    if random_weights:
+        print(f"NOTE: {RANDOM_NOTE}", file=sys.stderr)
+    image = np.random.default_rng(args.seed).integers(0, 256, (args.height, args.width, 3), dtype=np.uint8)
+    pipelines = 2 if args.baseline else 1
+    progress = tqdm(total=len(prompt_sizes) * len(class_counts) * (args.warmup + args.repeats) * pipelines,
+                    unit="run", desc="benchmark")
+    results: list[dict[str, Any]] = []
+    backend_name = ""
+    with tempfile.TemporaryDirectory(prefix="fpseg_benchmark_") as scratch:
+        for prompt_size in prompt_sizes:
+            engine_dir = args.engine_dir
+            if random_weights and args.backend in ("onnxruntime", "tensorrt") and engine_dir is None:
+                engine_dir = Path(scratch) / f"p{prompt_size}"
+                progress.write(f"exporting the random network with prompt size {prompt_size} to {engine_dir}")
+                _export_for_random_weights(args, prompt_size, max(class_counts), engine_dir)
+            model = _load(args, prompt_size, max(class_counts), engine_dir)
+            if model.bank.prompt_size != prompt_size or len(model.bank) < max(class_counts):
+                raise ValueError(f"the bank has {len(model.bank)} classes of prompt size "
+                                 f"{model.bank.prompt_size}; choose --prompt-sizes {model.bank.prompt_size} "
+                                 f"and --classes up to {len(model.bank)}")
+            backend_name = model.backend_name
+            for n in class_counts:
+                point = _time_point(model, image, model.classes[:n], args, progress)
+                results.append({"prompt_size": prompt_size, "classes": n, **point})
+                progress.write(_row(results[-1]))
+    progress.close()
+    report = {"meta": _meta(args, backend_name, random_weights), "results": results,
+              "per_class_ms": _per_class(results, prompt_sizes, args.baseline)}
+    print(_table(report))
+    if args.json:
+        args.json.parent.mkdir(parents=True, exist_ok=True)
+        args.json.write_text(json.dumps(report, indent=2) + "\n")
+        print(f"wrote {args.json}")
+    if args.plot:
+        plot(report, args.plot)
+        print(f"wrote {args.plot}")
+    return 0
+
+
+def _per_class(results: list[dict[str, Any]], prompt_sizes: list[int], baseline: bool) -> dict[str, Any]:
+    costs: dict[str, Any] = {}
+    for prompt_size in prompt_sizes:
+        points = [r for r in results if r["prompt_size"] == prompt_size]
+        classes = [r["classes"] for r in points]
+        entry = {name: per_class_cost(classes, [r[name][TOTAL]["median_ms"] for r in points])
+                 for name in (("fast", "baseline") if baseline else ("fast",))}
+        if baseline and entry["fast"] is not None and entry["baseline"]:
+            entry["fast_over_baseline"] = entry["fast"] / entry["baseline"]
+        costs[str(prompt_size)] = entry
+    return costs
+
+
+def _meta(args: argparse.Namespace, backend_name: str, random_weights: bool) -> dict[str, Any]:
+    versions = {"fpseg_core": __version__, "torch": torch.__version__}
+    if backend_name == "onnxruntime":
+        import onnxruntime
+
+        versions["onnxruntime"] = onnxruntime.__version__
+    return {
+        "weights": RANDOM_NOTE if random_weights else str(args.checkpoint),
+        "encoder": "tiny " + args.encoder if args.tiny else args.encoder,
+        "backend": backend_name,
+        "baseline": "FPSeg.segment_baseline: the published computation in PyTorch" if args.baseline else None,
+        "device": args.device,
+        "dtype": args.dtype,
+        "threads": torch.get_num_threads(),
+        "image": [args.height, args.width],
+        "fusion": args.fusion,
+        "repeats": args.repeats,
+        "warmup": args.warmup,
+        "machine": f"{platform.machine()} {platform.processor() or platform.platform()}",
+        "versions": versions,
+        "date": time.strftime("%Y-%m-%d %H:%M:%S"),
+        "command": "fpseg " + " ".join(sys.argv[2:]) if len(sys.argv) > 1 else "",
+    }
+
+
+def _row(result: dict[str, Any]) -> str:
+    fast = result["fast"]
+    text = (f"P={result['prompt_size']:>3} N={result['classes']:>3}  fast {fast[TOTAL]['median_ms']:8.1f} ms "
+            f"(p95 {fast[TOTAL]['p95_ms']:8.1f}; enc {fast['encoder']['median_ms']:7.1f} dec "
+            f"{fast['decoder']['median_ms']:7.1f} post {fast['postprocess']['median_ms']:6.1f})")
+    if "baseline" in result:
+        base = result["baseline"]
+        text += (f"  baseline {base[TOTAL]['median_ms']:8.1f} ms (dec {base['decoder']['median_ms']:7.1f} post "
+                 f"{base['postprocess']['median_ms']:6.1f})  x{result['speedup']:.2f}  "
+                 f"equal labels {100 * result['labels_equal_fraction']:.3f}%")
+    return text
+
+
+def _table(report: dict[str, Any]) -> str:
+    meta = report["meta"]
+    lines = [f"fpseg benchmark: {meta['encoder']}, backend {meta['backend']} on {meta['device']} ({meta['dtype']}, "
+             f"{meta['threads']} threads), image {meta['image'][0]}x{meta['image'][1]}, {meta['weights']}",
+             "median ms per image (image -> label image)", *(_row(r) for r in report["results"]),
+             "cost of one more class (least-squares slope of the median totals):"]
+    for prompt_size, entry in report["per_class_ms"].items():
+        if entry["fast"] is None:
+            continue
+        line = f"  P={prompt_size:>3}: fast {entry['fast']:.1f} ms/class"
+        if "fast_over_baseline" in entry:
+            line += f", baseline {entry['baseline']:.1f} ms/class, fast/baseline {entry['fast_over_baseline']:.2f}"
+        lines.append(line)
+    return "\n".join(lines)
+
+
+def plot(report: dict[str, Any], path: Path) -> None:
+    """Median latency vs number of classes, one line per prompt size (baseline dashed, same colour)."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    meta = report["meta"]
+    figure, axes = plt.subplots(figsize=(8, 5))
+    prompt_sizes = sorted({r["prompt_size"] for r in report["results"]})
+    for colour, prompt_size in zip(plt.cm.viridis(np.linspace(0, 0.9, len(prompt_sizes))), prompt_sizes,
+                                   strict=True):
+        points = [r for r in report["results"] if r["prompt_size"] == prompt_size]
+        classes = [r["classes"] for r in points]
+        axes.plot(classes, [r["fast"][TOTAL]["median_ms"] for r in points], "o-", color=colour,
+                  label=f"fast, prompt size {prompt_size}")
+        if "baseline" in points[0]:
+            axes.plot(classes, [r["baseline"][TOTAL]["median_ms"] for r in points], "s--", color=colour,
+                      alpha=0.7, label=f"baseline, prompt size {prompt_size}")
+    axes.set_xlabel("number of classes")
+    axes.set_ylabel("median latency per image [ms]")
+    axes.set_title(f"{meta['encoder']}, {meta['backend']} on {meta['device']} ({meta['threads']} threads), "
+                   f"{meta['image'][0]}x{meta['image'][1]}\n{meta['weights']}", fontsize=9)
+    axes.set_ylim(bottom=0)
+    axes.grid(alpha=0.3)
+    axes.legend(fontsize=8)
+    figure.tight_layout()
+    path.parent.mkdir(parents=True, exist_ok=True)
+    figure.savefig(path, dpi=120)
+    plt.close(figure)

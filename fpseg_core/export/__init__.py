@@ -1,0 +1,1 @@
+"""Deployment artefacts: ONNX export of the encoder and decoder graphs, TensorRT engine building."""

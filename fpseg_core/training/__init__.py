@@ -1,0 +1,1 @@
+"""Training toolchain: precompute embeddings, prompt tuning / transfer, encoder distillation (see the CLI)."""
