@@ -20,26 +20,26 @@ FORMAT = "fpseg-prompt-bank/1"
 EMBED_DIM = 256
 
 
-def decoder_fingerprint(state_dict: Mapping[str, torch.Tensor]) -> str:
-    """A short hash of the frozen weights prompts are tuned against (mask decoder, dense prompt, PE).
-
-    Takes a full FPSeg state dict (or any dict with those keys) and hashes names, shapes and float32 values,
-    so the same weights give the same fingerprint whatever device or dtype they live on.
-    """
-    digest = hashlib.sha256()
-    keys = sorted(
-        k for k in state_dict
-        if k.startswith("mask_decoder.") or k.startswith("prompt_encoder.pe_layer.")
-        or k.startswith("prompt_encoder.no_mask_embed.")
-    )
+def weights_fingerprint(state_dict: Mapping[str, torch.Tensor], prefixes: tuple[str, ...]) -> str:
+    """A short hash of the weights whose keys start with `prefixes`: names, shapes and float32 values, so the
+    same weights give the same fingerprint whatever device or dtype they live on."""
+    keys = sorted(k for k in state_dict if k.startswith(prefixes))
     if not keys:
-        raise ValueError("no mask_decoder / prompt_encoder weights to fingerprint")
+        raise ValueError(f"no weights under {', '.join(prefixes)} to fingerprint")
+    digest = hashlib.sha256()
     for key in keys:
         tensor = state_dict[key].detach().to("cpu", torch.float32).contiguous()
         digest.update(key.encode())
         digest.update(str(tuple(tensor.shape)).encode())
         digest.update(tensor.numpy().tobytes())
     return digest.hexdigest()[:16]
+
+
+def decoder_fingerprint(state_dict: Mapping[str, torch.Tensor]) -> str:
+    """Fingerprint of the frozen weights prompts are tuned against: mask decoder, dense prompt and PE."""
+    return weights_fingerprint(
+        state_dict, ("mask_decoder.", "prompt_encoder.pe_layer.", "prompt_encoder.no_mask_embed.")
+    )
 
 
 @dataclass

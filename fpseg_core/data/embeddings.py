@@ -6,7 +6,6 @@ root/<split>/<frame key>.safetensors    tensor "embedding" [256, h, w] (metadata
 
 from __future__ import annotations
 
-import hashlib
 import json
 import os
 from collections.abc import Iterable, Mapping
@@ -17,6 +16,8 @@ import torch
 from safetensors import SafetensorError, safe_open
 from safetensors.torch import save_file
 
+from ..prompt_bank import weights_fingerprint
+
 FORMAT = "fpseg-embeddings/1"
 MANIFEST_NAME = "manifest.json"
 EMBEDDING_KEY = "embedding"
@@ -24,17 +25,8 @@ DTYPES = {"float32": torch.float32, "float16": torch.float16}
 
 
 def encoder_fingerprint(state_dict: Mapping[str, torch.Tensor]) -> str:
-    """A short hash of the image-encoder weights (names, shapes, float32 values) of an FPSeg state dict."""
-    digest = hashlib.sha256()
-    keys = sorted(k for k in state_dict if k.startswith("image_encoder."))
-    if not keys:
-        raise ValueError("no image_encoder weights to fingerprint")
-    for key in keys:
-        tensor = state_dict[key].detach().to("cpu", torch.float32).contiguous()
-        digest.update(key.encode())
-        digest.update(str(tuple(tensor.shape)).encode())
-        digest.update(tensor.numpy().tobytes())
-    return digest.hexdigest()[:16]
+    """A short hash of the image-encoder weights of an FPSeg state dict."""
+    return weights_fingerprint(state_dict, ("image_encoder.",))
 
 
 @dataclass(frozen=True)
