@@ -202,7 +202,7 @@ class SegmentationController:
 
     @property
     def backend_name(self) -> str:
-        return str(getattr(self._fpseg, "backend_name", "torch"))
+        return self._fpseg.backend_name
 
     @property
     def score_threshold(self) -> float:

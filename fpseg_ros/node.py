@@ -184,11 +184,14 @@ def main(args: list[str] | None = None) -> int:
     rclpy.init(args=args)
     try:
         node = FPSegNode()
-    except (FPSegError, ValueError, KeyboardInterrupt) as exc:
-        if not isinstance(exc, KeyboardInterrupt):
-            get_logger(NODE_NAME).fatal(f"cannot start: {exc}")
+    except KeyboardInterrupt:
         rclpy.try_shutdown()
-        return 0 if isinstance(exc, KeyboardInterrupt) else 1
+        return 0
+    # Bad parameters, unreadable files, a backend that cannot run here: say why, in one line, and exit.
+    except (FPSegError, ValueError, OSError, ImportError, RuntimeError) as exc:
+        get_logger(NODE_NAME).fatal(f"cannot start: {exc}")
+        rclpy.try_shutdown()
+        return 1
     try:
         rclpy.spin(node)
     except (KeyboardInterrupt, ExternalShutdownException):

@@ -5,10 +5,10 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Any
 
+from fpseg_core.backends import BACKENDS
 from fpseg_core.fusion import FUSIONS
 from fpseg_core.preprocess import INPUT_MODES
 
-BACKENDS = ("auto", "tensorrt", "onnxruntime", "torch")
 MAX_LABEL_CLASSES = 255  # label values are uint8: 0 = none, 1 + bank index for each class
 RESTART = "Read-only: set it at launch (restart the node to change it)."
 
@@ -61,13 +61,14 @@ PARAMETERS: tuple[ParameterSpec, ...] = (
     ),
     ParameterSpec(
         "backend", "auto",
-        "Inference backend: auto picks tensorrt, then onnxruntime, then torch, whichever can run. " + RESTART,
+        "Inference backend. auto: tensorrt where engine_dir holds engines and a GPU is usable, else "
+        "onnxruntime where it holds an ONNX export, else torch (the log says which and why). " + RESTART,
         read_only=True, choices=BACKENDS,
     ),
     ParameterSpec(
         "engine_dir", "",
-        "Folder of exported ONNX models / TensorRT engines for the onnxruntime and tensorrt backends "
-        "(empty = next to the checkpoint). " + RESTART,
+        "Folder written by `fpseg export-onnx` (onnxruntime) or `fpseg build-engine` (tensorrt), '~' "
+        "expanded; empty: none, so auto runs torch. " + RESTART,
         read_only=True,
     ),
     ParameterSpec(
@@ -88,8 +89,8 @@ PARAMETERS: tuple[ParameterSpec, ...] = (
     ),
     ParameterSpec(
         "max_classes", MAX_LABEL_CLASSES,
-        "Most classes that may be active at once (use the class count a TensorRT engine was built for); "
-        f"never more than {MAX_LABEL_CLASSES} (uint8 labels). " + RESTART,
+        f"Most classes that may be active at once, at most {MAX_LABEL_CLASSES} (uint8 labels). Set it to the "
+        "class count a TensorRT engine was built for to keep every frame to one decoder pass. " + RESTART,
         read_only=True, integer_range=(1, MAX_LABEL_CLASSES),
     ),
     ParameterSpec(

@@ -14,13 +14,15 @@ from conftest import TINY_CLASSES, make_bank
 from ros_fakes import compressed_message, image_message, random_pixels
 from safetensors.torch import save_file
 
-from fpseg_core import FPSeg, PromptBank
+from fpseg_core import FPSeg, FPSegError, PromptBank, load_checkpoint
+from fpseg_core.export.onnx_export import export_onnx
 from fpseg_core.preprocess import to_rgb
 from fpseg_ros.controller import (
     ClassSelectionError,
     FrameResult,
     Rejection,
     SegmentationController,
+    load_pipeline,
     probability_to_logit,
 )
 
@@ -415,3 +417,48 @@ def test_mono8_frame_is_segmented_as_grey_rgb(controller: SegmentationController
     threshold = probability_to_logit(LOW_THRESHOLD)
     np.testing.assert_array_equal(_labels(controller, grey, "mono8"),
                                   tiny_model.predict(np.repeat(grey[..., None], 3, 2), threshold=threshold))
+
+
+# ----------------------------------------------------------------------------------------- pipeline
+def test_load_pipeline_expands_home_and_reads_the_prompt_bank(
+    tiny_checkpoint: Path, tiny_model: FPSeg, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setenv("HOME", str(tmp_path))
+    (tmp_path / "tiny.pth").write_bytes(tiny_checkpoint.read_bytes())
+    make_bank(tiny_model, ["bus", "train"]).save(tmp_path / "bank.safetensors")
+    pipeline = load_pipeline("~/tiny.pth", prompts="~/bank.safetensors", input_mode="letterbox")
+    assert pipeline.classes == ["bus", "train"]
+    assert (pipeline.backend_name, pipeline.input_mode, pipeline.device.type) == ("torch", "letterbox", "cpu")
+    assert load_pipeline(str(tiny_checkpoint)).classes == TINY_CLASSES
+
+
+@pytest.mark.parametrize(("options", "error", "expected"), [
+    ({"checkpoint": ""}, FPSegError, "parameter 'checkpoint' is empty"),
+    ({"checkpoint": "/nonexistent/model.pth"}, FPSegError, "does not exist"),
+    ({"backend": "onnxruntime"}, ValueError, "needs engine_dir"),
+    ({"backend": "openvino"}, ValueError, "backend must be one of"),
+    ({"input_mode": "crop"}, ValueError, "input_mode must be one of"),
+])
+def test_load_pipeline_refuses_bad_settings(tiny_checkpoint: Path, options: dict, error: type,
+                                            expected: str) -> None:
+    with pytest.raises(error, match=expected):
+        load_pipeline(**{"checkpoint": str(tiny_checkpoint), **options})
+
+
+def test_the_controller_runs_the_same_on_onnxruntime(tiny_checkpoint: Path, tiny_model: FPSeg, tmp_path: Path,
+                                                    frame: np.ndarray) -> None:
+    for module in ("onnx", "onnxruntime"):
+        pytest.importorskip(module, reason="the ONNX export and backend need the onnx extra (pip install .[onnx])")
+    loaded = load_checkpoint(tiny_checkpoint)
+    export_onnx(loaded.model, loaded.config, tmp_path / "onnx")
+    pipeline = load_pipeline(str(tiny_checkpoint), backend="onnxruntime", engine_dir=str(tmp_path / "onnx"))
+    onnx = SegmentationController(pipeline, classes=["person", "road"], score_threshold=LOW_THRESHOLD)
+    torch_ = SegmentationController(tiny_model, classes=["person", "road"], score_threshold=LOW_THRESHOLD)
+    result = onnx.handle(image_message(frame, "rgb8"))
+    assert isinstance(result, FrameResult) and result.stats.backend == "onnxruntime"
+    agreement = (result.labels == _labels(torch_, frame)).mean()
+    assert agreement > 0.99  # the same network; only float rounding differs
+    update = onnx.load_prompts(_save(make_bank(tiny_model, ["bicycle"]), tmp_path, "bicycle"), activate=True)
+    assert update.success, update.message
+    labels = _labels(onnx, frame)
+    assert set(np.unique(labels)) <= {0, 1, 3, 5}

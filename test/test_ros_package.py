@@ -26,6 +26,7 @@ PYTHON_DEPENDENCIES = {
     "pytest": "python3-pytest", "torch": None, "safetensors": None, "hypothesis": None,
 }
 LOCAL_MODULES = {"fpseg_core", "fpseg_ros", "conftest", "ros_fakes"}
+ROS_TEST_MODULES = {"rclpy", "launch", "launch_ros", "launch_testing"}
 MSG_TYPES = {"uint64": "int", "uint32": "int", "float32": "float", "string": "str", "string[]": "list[str]"}
 
 
@@ -43,8 +44,9 @@ def _imported_packages(path: Path) -> set[str]:
             names.update(alias.name.split(".")[0] for alias in node.names)
         elif isinstance(node, ast.ImportFrom) and node.level == 0 and node.module:
             names.add(node.module.split(".")[0])
-        elif isinstance(node, ast.Call) and getattr(node.func, "attr", "") == "importorskip" and node.args:
-            names.add(ast.literal_eval(node.args[0]).split(".")[0])
+        elif (isinstance(node, ast.Call) and getattr(node.func, "attr", "") == "importorskip" and node.args
+              and isinstance(node.args[0], ast.Constant)):
+            names.add(node.args[0].value.split(".")[0])
     return names - set(sys.stdlib_module_names) - LOCAL_MODULES - {"__future__"}
 
 
@@ -69,7 +71,8 @@ def test_every_imported_dependency_is_declared(package) -> None:
     scripts = [p for p in _python_files("scripts/*") if p.read_text().startswith("#!/usr/bin/env python3")]
     for files, declared, kind in [
         ([*_python_files("fpseg_ros/*.py", "launch/*.py"), *scripts], runtime, "exec_depend"),
-        (_python_files("test/test_node_launch.py"), tests, "test_depend"),
+        ([p for p in _python_files("test/test_*.py") if ROS_TEST_MODULES & _imported_packages(p)], tests,
+         "test_depend"),
     ]:
         for path in files:
             for module in _imported_packages(path):
@@ -132,10 +135,11 @@ def test_installed_programs_and_registered_tests_exist() -> None:
         path = ROOT / program
         assert path.is_file() and os.access(path, os.X_OK), program
     registered = re.findall(r"add_launch_test\((\S+)", cmake)
-    looped = re.search(r"foreach\(test_name (.*?)\)", cmake).group(1).split()
-    registered += [f"test/test_ros_{name}.py" for name in looped]
+    registered += re.search(r"foreach\(test_file(.*?)\)", cmake, re.S).group(1).split()
     assert "test/test_node_launch.py" in registered
-    assert {f"test/{p.name}" for p in ROOT.glob("test/test_ros_*.py")} <= set(registered)
+    ros_tests = {f"test/{p.name}" for p in ROOT.glob("test/test_*.py") if p.name.startswith("test_ros_")
+                 or ROS_TEST_MODULES & _imported_packages(p)}
+    assert ros_tests <= set(registered)
     for test in registered:
         assert (ROOT / test).is_file(), test
 
