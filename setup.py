@@ -3,13 +3,15 @@
 colcon builds the same tree as an ament_cmake package (see CMakeLists.txt); this file is for pip only.
 """
 
+from pathlib import Path
+
 from setuptools import find_packages, setup
 
 setup(
     name="fpseg_ros",
     version="0.1.0",
     description="FPSeg promptable, class-flexible semantic segmentation (SAM / MobileSAM) for ROS 2",
-    long_description=open("README.md", encoding="utf-8").read(),
+    long_description=Path(__file__).with_name("README.md").read_text(encoding="utf-8"),
     long_description_content_type="text/markdown",
     license="Apache-2.0",
     python_requires=">=3.10",

@@ -21,12 +21,11 @@ from sensor_msgs.msg import CompressedImage, Image
 from vision_msgs.msg import LabelInfo, VisionClass
 
 from fpseg_core.errors import FPSegError
+from fpseg_core.runtime.controller import FrameResult, Rejection, SegmentationController, load_pipeline
+from fpseg_core.runtime.image_codec import fill_image
+from fpseg_core.runtime.parameters import PARAMETERS, RUNTIME_PARAMETERS, ParameterSpec
 from fpseg_ros.msg import SegmentationStats
 from fpseg_ros.srv import LoadPrompts
-
-from .controller import FrameResult, Rejection, SegmentationController, load_pipeline
-from .image_codec import fill_image
-from .parameters import PARAMETERS, RUNTIME_PARAMETERS, ParameterSpec
 
 NODE_NAME = "fpseg"
 LOG_THROTTLE_S = 5.0

@@ -27,7 +27,7 @@ from fpseg_core.replay.conventions import (  # noqa: E402
     START_TIME_NS,
 )
 from fpseg_core.replay.messages import BagError, typestore  # noqa: E402
-from fpseg_ros.image_codec import decode_image  # noqa: E402
+from fpseg_core.runtime.image_codec import decode_image  # noqa: E402
 
 CAMERA = {"extrinsic": {"baseline": 0.21},
           "intrinsic": {"fx": 2262.5, "fy": 2265.3, "u0": 1096.9, "v0": 513.1}}

@@ -15,8 +15,8 @@ import pytest
 import yaml
 
 from fpseg_core.cityscapes import BANK33
-from fpseg_ros.controller import FrameStats, PromptUpdate, SegmentationController
-from fpseg_ros.parameters import PARAMETERS, RUNTIME_PARAMETERS
+from fpseg_core.runtime.controller import FrameStats, PromptUpdate, SegmentationController
+from fpseg_core.runtime.parameters import PARAMETERS, RUNTIME_PARAMETERS
 
 ROOT = Path(__file__).resolve().parents[1]
 # Python modules that are not ROS packages, with the rosdep key that provides them (None: installed with

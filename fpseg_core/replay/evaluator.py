@@ -16,7 +16,7 @@ from typing import Any
 
 import numpy as np
 
-from fpseg_ros.image_codec import MalformedImageError, decode_image
+from fpseg_core.runtime.image_codec import MalformedImageError, decode_image
 
 from ..evaluation.metrics import CityscapesConfusion, bank_labels_to_label_ids, write_report
 from .pairing import DEFAULT_MAX_PENDING, StampPairer, bank_names_from_class_map

@@ -14,7 +14,7 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
-from fpseg_ros.controller import FrameResult, SegmentationController
+from fpseg_core.runtime.controller import FrameResult, SegmentationController
 
 from ..predictor import FPSeg
 from .bag_reader import BagReader

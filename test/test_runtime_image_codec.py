@@ -10,8 +10,8 @@ import pytest
 from ros_fakes import CHANNELS, compressed_message, image_message, random_pixels
 
 from fpseg_core.preprocess import to_rgb
-from fpseg_ros import image_codec
-from fpseg_ros.image_codec import MalformedImageError, decode_compressed, decode_image, fill_image
+from fpseg_core.runtime import image_codec
+from fpseg_core.runtime.image_codec import MalformedImageError, decode_compressed, decode_image, fill_image
 
 
 @pytest.mark.parametrize("encoding", ["rgb8", "bgr8", "rgba8", "bgra8", "mono8"])

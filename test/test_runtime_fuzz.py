@@ -13,7 +13,7 @@ from hypothesis import strategies as st  # noqa: E402
 from ros_fakes import CHANNELS, compressed_message, header, random_pixels  # noqa: E402
 
 from fpseg_core import FPSeg  # noqa: E402
-from fpseg_ros.controller import FrameResult, Rejection, SegmentationController  # noqa: E402
+from fpseg_core.runtime.controller import FrameResult, Rejection, SegmentationController  # noqa: E402
 
 FUZZ = settings(max_examples=80, deadline=None, suppress_health_check=[HealthCheck.too_slow])
 ENCODINGS = [*CHANNELS, "yuv422", "16UC1", "mono16", "RGB8", "", "bgr8 "]

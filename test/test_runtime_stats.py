@@ -7,7 +7,7 @@ import math
 import numpy as np
 import pytest
 
-from fpseg_ros.stats import RollingStats
+from fpseg_core.runtime.stats import RollingStats
 
 
 def test_window_figures_match_numpy_over_the_last_n_frames() -> None:

@@ -17,7 +17,7 @@ from safetensors.torch import save_file
 from fpseg_core import FPSeg, FPSegError, PromptBank, load_checkpoint
 from fpseg_core.export.onnx_export import export_onnx
 from fpseg_core.preprocess import to_rgb
-from fpseg_ros.controller import (
+from fpseg_core.runtime.controller import (
     ClassSelectionError,
     FrameResult,
     Rejection,
