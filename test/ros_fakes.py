@@ -1,7 +1,7 @@
 """Plain stand-ins for sensor_msgs Image / CompressedImage and std_msgs Header (the ROS-free tests' input).
 
 They carry exactly the fields the ROS messages have, so fpseg_ros code that works on them works on rclpy
-messages; pixel bytes are laid out here independently of fpseg_ros.image_codec.
+messages; pixel bytes are laid out here independently of fpseg_core.runtime.image_codec.
 """
 
 from __future__ import annotations
