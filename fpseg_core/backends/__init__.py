@@ -6,8 +6,9 @@ A backend does two things, on tensors that live on the pipeline's device:
     decode(embedding, prompt_tokens [N, P, 256])        -> low-resolution logits [1, N, S/4, S/4]
 
 Pre-processing and the label image (`FastLabeler`) stay in PyTorch on the pipeline's device, whatever the
-backend. `auto` picks TensorRT where `engine_dir` holds engines and a GPU is usable, else ONNX Runtime where
-`engine_dir` holds an `fpseg export-onnx` folder, else PyTorch, and logs which one and why.
+backend. On CPU, freed memory is kept for reuse (see `cpu_memory`). `auto` picks TensorRT where `engine_dir`
+holds engines and a GPU is usable, else ONNX Runtime where `engine_dir` holds an `fpseg export-onnx` folder,
+else PyTorch, and logs which one and why.
 """
 
 from __future__ import annotations
@@ -20,6 +21,7 @@ from typing import Protocol
 import torch
 
 from ..modeling.fpseg import FPSegModel
+from .cpu_memory import keep_freed_memory
 
 BACKENDS = ("auto", "torch", "onnxruntime", "tensorrt")
 LOGGER = logging.getLogger("fpseg")
@@ -71,6 +73,8 @@ def create_backend(
     than `fingerprint`'s; `dtype` (fp32, fp16, bf16) applies to the torch backend.
     """
     chosen, reason = choose_backend(name, device, engine_dir)
+    if device.type == "cpu":
+        keep_freed_memory()
     if name == "auto":
         log = LOGGER.warning if engine_dir is not None and chosen == "torch" else LOGGER.info
         log("backend auto -> %s (%s)", chosen, reason)

@@ -52,7 +52,7 @@ class FastMaskDecoder(nn.Module):
     are decoded at a time (None: all at once, as the ONNX export does).
     """
 
-    def __init__(self, model: FPSegModel, class_chunk: int | None = 4) -> None:
+    def __init__(self, model: FPSegModel, class_chunk: int | None = 8) -> None:
         super().__init__()
         if class_chunk is not None and class_chunk < 1:
             raise ValueError(f"class_chunk must be >= 1 or None, got {class_chunk}")

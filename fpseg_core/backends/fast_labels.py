@@ -4,9 +4,10 @@ The published post-processing upsamples every class's 256 x 256 logits bilinearl
 padding and upsamples again to H x W, then thresholds and fuses. Both stages are linear and act on rows and
 columns separately, so each full-resolution value is `(R_y @ L @ R_x^T)[y, x]` with per-axis matrices
 R_y [H, h] and R_x [W, w] built here by running the very same two interpolations on an identity matrix.
-Each row of R has at most a few non-zeros in a narrow band of columns, so the products are done band by
-band as small dense matrix products (no H x w or W x h dense product), and the fusion runs band by band on
-[rows, N, W] slabs: memory stays bounded by the band size, whatever N is.
+Each row of R has at most a few non-zeros, in a narrow band of columns, so both products are done as
+batched small dense products over bands of output rows / columns (never a dense H x h or W x w product):
+first R_y on the low-resolution columns, then R_x for a slab of output rows at a time, fused right away into
+uint8 labels. No [N, H, W] tensor exists; working memory is a slab of rows_per_step x N x W floats.
 
 Exact shortcuts:
 - a class whose low-resolution logits are all <= threshold can be left out: bilinear values are convex
@@ -69,9 +70,10 @@ def upsampling_matrix(low: int, img_size: int, kept: int, out: int) -> torch.Ten
     return F.interpolate(stage1, (out, low), mode="bilinear", align_corners=False)[0, 0]
 
 
-@lru_cache(maxsize=16)
-def banded_axis(low: int, img_size: int, kept: int, out: int, band: int) -> BandedAxis:
-    """`upsampling_matrix` cut into bands of `band` rows, each keeping only its columns' non-zero span."""
+@lru_cache(maxsize=32)
+def banded_axis(low: int, img_size: int, kept: int, out: int, band: int, device: str = "cpu") -> BandedAxis:
+    """`upsampling_matrix` cut into bands of `band` rows, each keeping only its columns' non-zero span
+    (cached per geometry and device)."""
     matrix = upsampling_matrix(low, img_size, kept, out)
     n_bands = -(-out // band)
     matrix = F.pad(matrix, (0, 0, 0, n_bands * band - out)).view(n_bands, band, low)
@@ -83,7 +85,7 @@ def banded_axis(low: int, img_size: int, kept: int, out: int, band: int) -> Band
     starts = first.clamp(max=low - support)
     index = starts[:, None] + torch.arange(support)
     weights = torch.gather(matrix, 2, index[:, None, :].expand(-1, band, -1))
-    return BandedAxis(weights.to(torch.float32), starts, out)
+    return BandedAxis(weights.to(device, torch.float32), starts.to(device), out)
 
 
 class FastLabeler:
@@ -123,8 +125,10 @@ class FastLabeler:
         if ids.numel() == 0:
             return torch.zeros(geometry.height, geometry.width, dtype=torch.uint8, device=device)
         n, h, w = low_res.shape
-        rows = self._axis(h, geometry.img_size, geometry.resized_height, geometry.height, self.band_rows, device)
-        cols = self._axis(w, geometry.img_size, geometry.resized_width, geometry.width, self.band_cols, device)
+        rows = banded_axis(h, geometry.img_size, geometry.resized_height, geometry.height, self.band_rows,
+                           str(device))
+        cols = banded_axis(w, geometry.img_size, geometry.resized_width, geometry.width, self.band_cols,
+                           str(device))
         # [H, N, w]: the row operator, one small matrix product per band of output rows.
         by_row = low_res.permute(1, 0, 2)[rows.gather_index()].reshape(-1, rows.support, n * w)
         by_row = torch.bmm(rows.weights, by_row).view(-1, n, w)[: geometry.height]
@@ -164,10 +168,3 @@ class FastLabeler:
         peak = low_res.flatten(1).amax(dim=1)
         slack = 0.0 if threshold == 0.0 else _SKIP_SLACK * max(abs(threshold), 1.0)
         return peak > threshold - slack
-
-    @staticmethod
-    def _axis(low: int, img_size: int, kept: int, out: int, band: int, device: torch.device) -> BandedAxis:
-        axis = banded_axis(low, img_size, kept, out, band)
-        if axis.weights.device != device:
-            axis = BandedAxis(axis.weights.to(device), axis.starts.to(device), axis.size)
-        return axis

@@ -17,11 +17,13 @@ class TorchBackend:
 
     With dtype bf16 / fp16 a converted copy of the model runs (the pipeline's float32 model is untouched);
     outputs are returned as float32. fp16 needs CUDA: PyTorch's CPU kernels for it are missing or slow.
+    On CPU the convolution weights are kept channels-last (oneDNN's preferred layout; MobileSAM's encoder
+    ran ~10% faster on the development machine); values and state-dict keys are unchanged.
     """
 
     name = "torch"
 
-    def __init__(self, model: FPSegModel, device: torch.device, dtype: str = "fp32", class_chunk: int = 4) -> None:
+    def __init__(self, model: FPSegModel, device: torch.device, dtype: str = "fp32", class_chunk: int = 8) -> None:
         if dtype not in DTYPES:
             raise ValueError(f"dtype must be one of {', '.join(DTYPES)}, got {dtype!r}")
         if dtype == "fp16" and device.type != "cuda":
@@ -30,12 +32,14 @@ class TorchBackend:
         self.dtype = DTYPES[dtype]
         if self.dtype != torch.float32:
             model = copy.deepcopy(model).to(device=device, dtype=self.dtype)
-        self.model = model.eval()
+        self.memory_format = torch.channels_last if device.type == "cpu" else torch.contiguous_format
+        self.model = model.to(memory_format=self.memory_format).eval()
         self.decoder = FastMaskDecoder(self.model, class_chunk)
 
     @torch.inference_mode()
     def encode(self, image: torch.Tensor) -> torch.Tensor:
-        return self.model.encode(image.to(self.device, self.dtype)).float()
+        image = image.to(self.device, self.dtype).contiguous(memory_format=self.memory_format)
+        return self.model.encode(image).float().contiguous()
 
     @torch.inference_mode()
     def decode(self, embedding: torch.Tensor, prompt_tokens: torch.Tensor) -> torch.Tensor:
