@@ -58,3 +58,15 @@ def test_per_class_cost_is_the_least_squares_slope() -> None:
 def test_bad_class_lists_are_explained(capsys: pytest.CaptureFixture) -> None:
     assert fpseg_main(["benchmark", "--tiny", "--classes", "1,x"]) == 2
     assert "--classes must be comma-separated integers" in capsys.readouterr().err
+
+
+def test_checkpoint_sweep_uses_its_bank_and_refuses_other_prompt_sizes(tiny_checkpoint: Path, tmp_path: Path,
+                                                                       capsys: pytest.CaptureFixture) -> None:
+    common = ["benchmark", "--checkpoint", str(tiny_checkpoint), "--backend", "torch", "--height", "40",
+              "--width", "60", "--repeats", "1", "--warmup", "0"]
+    assert fpseg_main([*common, "--classes", "1,4", "--prompt-sizes", "4", "--json", str(tmp_path / "b.json")]) == 0
+    report = json.loads((tmp_path / "b.json").read_text())
+    assert report["meta"]["weights"] == str(tiny_checkpoint) and report["meta"]["encoder"] == "mobilesam"
+    assert [r["classes"] for r in report["results"]] == [1, 4]
+    assert fpseg_main([*common, "--classes", "1,5", "--prompt-sizes", "4"]) == 2
+    assert "the bank has 4 classes of prompt size 4" in capsys.readouterr().err

@@ -25,6 +25,7 @@ import torch
 from tqdm import tqdm
 
 from .. import __version__
+from ..backends.cpu_memory import keep_freed_memory
 from ..modeling.build import ENCODERS, FPSegConfig, tiny_config
 from ..predictor import STAGES, FPSeg, Segmentation
 from .common import add_backend_arguments
@@ -39,7 +40,8 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         description=__doc__.split("\n\n")[1])
     parser.add_argument("--checkpoint", type=Path, help="weights to time (default: random weights)")
     parser.add_argument("--prompts", type=Path, help="prompt bank for a SAM / MobileSAM checkpoint")
-    parser.add_argument("--encoder", choices=ENCODERS, default="mobilesam")
+    parser.add_argument("--encoder", choices=ENCODERS,
+                        help="encoder of the random network (default mobilesam), or the one a checkpoint must have")
     parser.add_argument("--tiny", action="store_true", help="a tiny random network (smoke tests)")
     parser.add_argument("--device", default="cpu")
     add_backend_arguments(parser)
@@ -83,16 +85,21 @@ def per_class_cost(classes: list[int], totals: list[float]) -> float | None:
     return float(np.polyfit(classes, totals, 1)[0])
 
 
+def _random_config(args: argparse.Namespace, prompt_size: int, n_classes: int) -> FPSegConfig:
+    encoder = args.encoder or "mobilesam"
+    if args.tiny:
+        return tiny_config(encoder, n_classes, prompt_size)
+    return FPSegConfig(encoder, n_classes, prompt_size)
+
+
 def _load(args: argparse.Namespace, prompt_size: int, n_classes: int, engine_dir: Path | None) -> FPSeg:
     options = {"device": args.device, "fusion": args.fusion, "backend": args.backend, "engine_dir": engine_dir,
                "dtype": args.dtype}
     if args.checkpoint is not None:
         return FPSeg.from_checkpoint(args.checkpoint, prompts=args.prompts, encoder=args.encoder, **options)
-    config = (tiny_config(args.encoder, n_classes, prompt_size) if args.tiny
-              else FPSegConfig(args.encoder, n_classes, prompt_size))
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")  # RANDOM_NOTE is printed once instead
-        return FPSeg.random(config, seed=args.seed, **options)
+        return FPSeg.random(_random_config(args, prompt_size, n_classes), seed=args.seed, **options)
 
 
 def _export_for_random_weights(args: argparse.Namespace, prompt_size: int, n_classes: int, folder: Path) -> None:
@@ -102,8 +109,7 @@ def _export_for_random_weights(args: argparse.Namespace, prompt_size: int, n_cla
 
     reference = _load(argparse.Namespace(**{**vars(args), "backend": "torch", "dtype": "fp32"}), prompt_size,
                       n_classes, None)
-    config = FPSegConfig(args.encoder, n_classes, prompt_size, reference.img_size)
-    export_onnx(reference.model, config, folder)
+    export_onnx(reference.model, _random_config(args, prompt_size, n_classes), folder)
     if args.backend == "tensorrt":
         build_engines(folder, folder, fp16=False, max_classes=n_classes)
 
@@ -141,7 +147,7 @@ def run(args: argparse.Namespace) -> int:
     progress = tqdm(total=len(prompt_sizes) * len(class_counts) * (args.warmup + args.repeats) * pipelines,
                     unit="run", desc="benchmark")
     results: list[dict[str, Any]] = []
-    backend_name = ""
+    backend_name = encoder_name = ""
     with tempfile.TemporaryDirectory(prefix="fpseg_benchmark_") as scratch:
         for prompt_size in prompt_sizes:
             engine_dir = args.engine_dir
@@ -154,13 +160,13 @@ def run(args: argparse.Namespace) -> int:
                 raise ValueError(f"the bank has {len(model.bank)} classes of prompt size "
                                  f"{model.bank.prompt_size}; choose --prompt-sizes {model.bank.prompt_size} "
                                  f"and --classes up to {len(model.bank)}")
-            backend_name = model.backend_name
+            backend_name, encoder_name = model.backend_name, model.bank.encoder
             for n in class_counts:
                 point = _time_point(model, image, model.classes[:n], args, progress)
                 results.append({"prompt_size": prompt_size, "classes": n, **point})
                 progress.write(_row(results[-1]))
     progress.close()
-    report = {"meta": _meta(args, backend_name, random_weights), "results": results,
+    report = {"meta": _meta(args, backend_name, encoder_name, random_weights), "results": results,
               "per_class_ms": _per_class(results, prompt_sizes, args.baseline)}
     print(_table(report))
     if args.json:
@@ -186,7 +192,7 @@ def _per_class(results: list[dict[str, Any]], prompt_sizes: list[int], baseline:
     return costs
 
 
-def _meta(args: argparse.Namespace, backend_name: str, random_weights: bool) -> dict[str, Any]:
+def _meta(args: argparse.Namespace, backend_name: str, encoder_name: str, random_weights: bool) -> dict[str, Any]:
     versions = {"fpseg_core": __version__, "torch": torch.__version__}
     if backend_name == "onnxruntime":
         import onnxruntime
@@ -194,11 +200,12 @@ def _meta(args: argparse.Namespace, backend_name: str, random_weights: bool) -> 
         versions["onnxruntime"] = onnxruntime.__version__
     return {
         "weights": RANDOM_NOTE if random_weights else str(args.checkpoint),
-        "encoder": "tiny " + args.encoder if args.tiny else args.encoder,
+        "encoder": ("tiny " if args.tiny else "") + encoder_name,
         "backend": backend_name,
         "baseline": "FPSeg.segment_baseline: the published computation in PyTorch" if args.baseline else None,
         "device": args.device,
         "dtype": args.dtype,
+        "keep_freed_memory": keep_freed_memory() if args.device == "cpu" else None,
         "threads": torch.get_num_threads(),
         "image": [args.height, args.width],
         "fusion": args.fusion,
@@ -207,7 +214,7 @@ def _meta(args: argparse.Namespace, backend_name: str, random_weights: bool) -> 
         "machine": f"{platform.machine()} {platform.processor() or platform.platform()}",
         "versions": versions,
         "date": time.strftime("%Y-%m-%d %H:%M:%S"),
-        "command": "fpseg " + " ".join(sys.argv[2:]) if len(sys.argv) > 1 else "",
+        "options": {k: str(v) if isinstance(v, Path) else v for k, v in vars(args).items() if k != "func"},
     }
 
 
