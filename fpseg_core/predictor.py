@@ -143,7 +143,7 @@ class FPSeg:
         return self.backend.name
 
     def set_bank(self, bank: PromptBank, force: bool = False) -> None:
-        """Swap in another prompt bank after checking it fits this model's decoder and prompt size."""
+        """Swap in another prompt bank after checking it was tuned for this model's decoder."""
         bank.check_fits(self.fingerprint, force=force)
         if len(bank) > 255:
             raise PromptBankError(f"a bank holds at most 255 classes (uint8 labels), this one has {len(bank)}")
@@ -176,7 +176,6 @@ class FPSeg:
         low_res = self.backend.decode(self.backend.encode(x), self._prompts[list(class_ids)])
         return postprocess_logits(low_res, geometry)[0]
 
-    @torch.inference_mode()
     def segment(
         self,
         image: np.ndarray,
@@ -186,20 +185,8 @@ class FPSeg:
         color_order: ColorOrder = "rgb",
     ) -> Segmentation:
         """Label image and per-stage timings for one image (see `predict`)."""
-        ids = self.resolve_classes(classes)
-        fusion, threshold = self._fusion_options(fusion, threshold)
-        timer = _StageTimer(self.device)
-        x, geometry = self._prepare(image, color_order)
-        timer.lap("preprocess")
-        embedding = self.backend.encode(x)
-        timer.lap("encoder")
-        low_res = self.backend.decode(embedding, self._prompts[ids])
-        timer.lap("decoder")
-        labels = self._labeler(low_res[0].to(self.device), geometry, ids, fusion, threshold).cpu().numpy()
-        timer.lap("postprocess")
-        return Segmentation(labels, [self.bank.names[i] for i in ids], timer.finish())
+        return self._segment(image, classes, fusion, threshold, color_order, baseline=False)
 
-    @torch.inference_mode()
     def segment_baseline(
         self,
         image: np.ndarray,
@@ -211,18 +198,35 @@ class FPSeg:
         """`segment` computed the straightforward, published way, in PyTorch whatever the backend: encoder,
         the plain decoder (`FPSegModel.decode`), all N logit maps upsampled to full resolution, then
         thresholded and fused. The reference for equality tests and `fpseg benchmark`."""
+        return self._segment(image, classes, fusion, threshold, color_order, baseline=True)
+
+    @torch.inference_mode()
+    def _segment(
+        self,
+        image: np.ndarray,
+        classes: Sequence[str] | None,
+        fusion: Fusion | None,
+        threshold: float | None,
+        color_order: ColorOrder,
+        baseline: bool,
+    ) -> Segmentation:
         ids = self.resolve_classes(classes)
         fusion, threshold = self._fusion_options(fusion, threshold)
+        network = self.model if baseline else self.backend
         timer = _StageTimer(self.device)
         x, geometry = self._prepare(image, color_order)
         timer.lap("preprocess")
-        embedding = self.model.encode(x)
+        embedding = network.encode(x)
         timer.lap("encoder")
-        low_res = self.model.decode(embedding, self._prompts[ids])
+        low_res = network.decode(embedding, self._prompts[ids])
         timer.lap("decoder")
-        labels = fuse(postprocess_logits(low_res, geometry)[0], ids, fusion, threshold).cpu().numpy()
+        if baseline:
+            labels = fuse(postprocess_logits(low_res, geometry)[0], ids, fusion, threshold)
+        else:
+            labels = self._labeler(low_res[0].to(self.device), geometry, ids, fusion, threshold)
+        labels_np = labels.cpu().numpy()
         timer.lap("postprocess")
-        return Segmentation(labels, [self.bank.names[i] for i in ids], timer.finish())
+        return Segmentation(labels_np, [self.bank.names[i] for i in ids], timer.finish())
 
     def _fusion_options(self, fusion: Fusion | None, threshold: float | None) -> tuple[Fusion, float]:
         fusion = fusion or self.fusion

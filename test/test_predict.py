@@ -177,7 +177,8 @@ def test_segment_cli_writes_pngs(tiny_checkpoint, tmp_path, capsys) -> None:
     assert colour.shape == (30, 40, 3)
     assert {tuple(c) for c in colour.reshape(-1, 3)} <= {(128, 64, 128), (0, 0, 142)}  # Cityscapes road, car
     assert (out / "b_overlay.png").is_file()
-    assert "encoder" in capsys.readouterr().out
+    out = capsys.readouterr().out
+    assert "backend: torch, classes: car, road" in out and "encoder" in out
 
 
 def test_segment_cli_reports_unknown_class(tiny_checkpoint, tmp_path, capsys) -> None:

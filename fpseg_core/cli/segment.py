@@ -35,6 +35,7 @@ def run(args: argparse.Namespace) -> int:
     model.resolve_classes(classes)
     args.out.mkdir(parents=True, exist_ok=True)
     colours = palette(model.classes)
+    print(f"backend: {model.backend_name}, classes: {', '.join(classes or model.classes)}")
     progress = tqdm(args.images, unit="img", disable=len(args.images) < 2)
     for path in progress:
         rgb = read_image(path)
