@@ -60,12 +60,13 @@ class FPSegMaskDecoder(nn.Module):
         dense_embedding: torch.Tensor,
         prompt_tokens: torch.Tensor,
     ) -> torch.Tensor:
-        n_images = image_embeddings.shape[0]
-        n_classes = prompt_tokens.shape[0]
-        mask_token = self.mask_tokens.weight.unsqueeze(0).expand(n_classes, -1, -1)
-        tokens = torch.cat([mask_token, prompt_tokens], dim=1).repeat(n_images, 1, 1)
-        src = torch.repeat_interleave(image_embeddings + dense_embedding, n_classes, dim=0)
-        logits = self._predict_masks(src, image_pe, tokens)
+        n_images, n_classes = image_embeddings.shape[0], prompt_tokens.shape[0]
+        logits = self.forward_pairs(
+            torch.repeat_interleave(image_embeddings, n_classes, dim=0),
+            image_pe,
+            dense_embedding,
+            prompt_tokens.repeat(n_images, 1, 1),
+        )
         return logits.reshape(n_images, n_classes, *logits.shape[-2:])
 
     def forward_pairs(
@@ -77,15 +78,10 @@ class FPSegMaskDecoder(nn.Module):
     ) -> torch.Tensor:
         """One class per image (training on class-wise samples): image_embeddings [B, C, h, w] and the
         prompt tokens of each image's class [B, P, C] -> logits [B, 4h, 4w]."""
-        mask_token = self.mask_tokens.weight.unsqueeze(0).expand(prompt_tokens.shape[0], -1, -1)
+        b, c, h, w = image_embeddings.shape
+        mask_token = self.mask_tokens.weight.unsqueeze(0).expand(b, -1, -1)
         tokens = torch.cat([mask_token, prompt_tokens], dim=1)
-        return self._predict_masks(image_embeddings + dense_embedding, image_pe, tokens)
-
-    def _predict_masks(self, src: torch.Tensor, image_pe: torch.Tensor, tokens: torch.Tensor) -> torch.Tensor:
-        """src [B, C, h, w] (dense prompt added), tokens [B, 1 + P, C] -> logits [B, 4h, 4w]."""
-        b, c, h, w = src.shape
-        pos_src = image_pe.expand(b, -1, -1, -1)
-        hs, src = self.transformer(src, pos_src, tokens)
+        hs, src = self.transformer(image_embeddings + dense_embedding, image_pe.expand(b, -1, -1, -1), tokens)
         upscaled = self.output_upscaling(src.transpose(1, 2).reshape(b, c, h, w))
         hyper_in = self.output_hypernetworks_mlps[0](hs[:, 0, :])
         _, c_up, h_up, w_up = upscaled.shape
