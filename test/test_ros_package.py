@@ -178,3 +178,16 @@ def test_launch_file_declares_the_documented_arguments() -> None:
         if isinstance(node, ast.Call) and getattr(node.func, "id", "") == "DeclareLaunchArgument"
     }
     assert declared == {"image", "params_file", "backend", "checkpoint", "prompts", "classes", "namespace"}
+
+
+def test_fpseg_core_imports_nothing_from_ros(package) -> None:
+    """fpseg_core is the ROS-free half: no ROS package (nor the node package) may be imported in it."""
+    ros_packages = {d.name for d in (*package.exec_depends, *package.build_depends, *package.test_depends)
+                    if not d.name.startswith("python3-")} | {"fpseg_ros", "rclpy", "rcl_interfaces"}
+    for path in (ROOT / "fpseg_core").rglob("*.py"):
+        tree = ast.parse(path.read_text(encoding="utf-8"), filename=str(path))
+        imported = {alias.name.split(".")[0] for node in ast.walk(tree) if isinstance(node, ast.Import)
+                    for alias in node.names}
+        imported |= {node.module.split(".")[0] for node in ast.walk(tree)
+                     if isinstance(node, ast.ImportFrom) and node.level == 0 and node.module}
+        assert not imported & ros_packages, f"{path.relative_to(ROOT)} imports {sorted(imported & ros_packages)}"
