@@ -144,8 +144,11 @@ def main(args: list[str] | None = None) -> int:
     except (KeyboardInterrupt, ExternalShutdownException):
         pass
     finally:
-        if node.report_on_shutdown:
-            node.write_report(final=True)
+        try:
+            if node.report_on_shutdown:
+                node.write_report(final=True)
+        except OSError as exc:  # e.g. an unwritable report_dir: say so, still shut down cleanly
+            get_logger(NODE_NAME).error(f"could not write the final report: {exc}")
         node.destroy_node()
         rclpy.try_shutdown()
     return 0

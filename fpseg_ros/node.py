@@ -12,6 +12,7 @@ from typing import Any
 
 import rclpy
 from rcl_interfaces.msg import FloatingPointRange, IntegerRange, ParameterDescriptor, SetParametersResult
+from rclpy.exceptions import ParameterException
 from rclpy.executors import ExternalShutdownException
 from rclpy.logging import get_logger
 from rclpy.node import Node
@@ -186,8 +187,9 @@ def main(args: list[str] | None = None) -> int:
     except KeyboardInterrupt:
         rclpy.try_shutdown()
         return 0
-    # Bad parameters, unreadable files, a backend that cannot run here: say why, in one line, and exit.
-    except (FPSegError, ValueError, OSError, ImportError, RuntimeError) as exc:
+    # Bad parameters (rclpy refuses a wrong type or an out-of-range value with a ParameterException, which
+    # is not a ValueError), unreadable files, a backend that cannot run here: say why, in one line, and exit.
+    except (ParameterException, FPSegError, ValueError, OSError, ImportError, RuntimeError) as exc:
         get_logger(NODE_NAME).fatal(f"cannot start: {exc}")
         rclpy.try_shutdown()
         return 1

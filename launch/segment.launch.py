@@ -30,6 +30,8 @@ def _fpseg_node(context, *_args, **_kwargs):
     if arg("classes"):
         overrides["classes"] = parse_classes(arg("classes"))
     parameters = [arg("params_file")] if arg("params_file") else []
+    if overrides:  # an empty dict would become an empty ros__parameters file
+        parameters.append(overrides)
     image = arg("image")
     return [
         Node(
@@ -37,7 +39,7 @@ def _fpseg_node(context, *_args, **_kwargs):
             executable="fpseg_node",
             name="fpseg",
             namespace=arg("namespace"),
-            parameters=[*parameters, overrides],
+            parameters=parameters,
             remappings=[("image", image), ("image/compressed", f"{image}/compressed")],
             output="screen",
             emulate_tty=True,
