@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import sys
+import warnings
 from pathlib import Path
 
 from ..backends import BACKENDS
@@ -49,7 +50,9 @@ def load_model(args: argparse.Namespace) -> FPSeg:
                "dtype": args.dtype}
     if args.random_weights:
         print(RANDOM_WARNING, file=sys.stderr)
-        return FPSeg.random(tiny_config(args.encoder or "mobilesam"), **options)
+        with warnings.catch_warnings():  # the line above already says it, in the CLI's words
+            warnings.simplefilter("ignore", UserWarning)
+            return FPSeg.random(tiny_config(args.encoder or "mobilesam"), **options)
     if args.checkpoint is None:
         raise ValueError("--checkpoint is required (or --random-weights for a smoke test)")
     return FPSeg.from_checkpoint(args.checkpoint, prompts=args.prompts, encoder=args.encoder,
