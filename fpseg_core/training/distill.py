@@ -27,6 +27,8 @@ from ..modeling.fpseg import FPSegModel
 from .config import option, save_config
 from .distributed import init_distributed
 from .runtime import (
+    CHECKPOINT_FILE,
+    STATE_FILE,
     LoopProgress,
     LoopSettings,
     check_resumable,
@@ -36,9 +38,6 @@ from .runtime import (
     save_state,
     steps_per_epoch,
 )
-
-CHECKPOINT_FILE = "checkpoint.pth"
-STATE_FILE = "state.pt"
 
 
 @dataclass

@@ -32,6 +32,8 @@ from ..prompt_bank import PromptBank, decoder_fingerprint
 from .config import doc, option, save_config
 from .distributed import DistContext, init_distributed
 from .runtime import (
+    CHECKPOINT_FILE,
+    STATE_FILE,
     LoopProgress,
     LoopSettings,
     check_resumable,
@@ -45,8 +47,6 @@ from .runtime import (
 VALIDATION_STREAM = 1_000_003  # seeds the fixed validation sample, apart from the training epochs' seeds
 PROMPT_INIT_STD = 0.02
 BANK_FILE = "prompts.safetensors"
-CHECKPOINT_FILE = "checkpoint.pth"
-STATE_FILE = "state.pt"
 
 
 @dataclass

@@ -19,6 +19,9 @@ from tqdm import tqdm
 from .distributed import DistContext
 
 STATE_FORMAT = "fpseg-train-state/1"
+# File names every training command writes in its output folder.
+CHECKPOINT_FILE = "checkpoint.pth"
+STATE_FILE = "state.pt"
 
 
 def steps_per_epoch(n_items: int, batch_size: int) -> int:
