@@ -43,5 +43,5 @@ def test_two_process_torchrun_training_matches_one_process(tmp_path: Path) -> No
     single_losses = [float(r["loss"]) for r in read_log(single_out / "train_log.csv")]
     assert ddp_losses == pytest.approx(single_losses, rel=1e-4)
     torch.testing.assert_close(load_state(ddp_out / "state.pt")["prompts"],
-                               load_state(single_out / "state.pt")["prompts"], rtol=1e-4, atol=1e-5)
+                               load_state(single_out / "state.pt")["prompts"], rtol=1e-4, atol=1e-4)
     assert PromptBank.load(ddp_out / "prompts.safetensors").names == CLASSES
