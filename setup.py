@@ -3,13 +3,15 @@
 colcon builds the same tree as an ament_cmake package (see CMakeLists.txt); this file is for pip only.
 """
 
+import re
 from pathlib import Path
 
 from setuptools import find_packages, setup
 
 setup(
     name="fpseg_ros",
-    version="0.1.0",
+    version=re.search(r'__version__ = "([^"]+)"', Path(__file__).with_name("fpseg_core").joinpath(
+        "_version.py").read_text(encoding="utf-8"))[1],
     description="FPSeg promptable, class-flexible semantic segmentation (SAM / MobileSAM) for ROS 2",
     long_description=Path(__file__).with_name("README.md").read_text(encoding="utf-8"),
     long_description_content_type="text/markdown",

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import pickle
-import zipfile
+import re
 from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
@@ -11,10 +11,12 @@ from pathlib import Path
 import torch
 
 from .cityscapes import BANK33
-from .errors import CheckpointError
+from .errors import CheckpointError, PromptBankError
+from .files import atomic_write, file_kind, permission_message, unreadable_reason
 from .modeling.build import ENCODERS, PATCH_STRIDE, FPSegConfig, build_fpseg
 from .modeling.fpseg import FPSegModel
-from .prompt_bank import PromptBank, decoder_fingerprint
+from .prompt_bank import FORMAT as BANK_FORMAT
+from .prompt_bank import PromptBank, decoder_fingerprint, read_safetensors_header
 
 PROJECT_FORMAT = "fpseg_ros-checkpoint/1"
 PROMPTS_KEY = "prompt_encoder.prompt_embeddings"
@@ -32,6 +34,11 @@ SAM_DROPPED_PREFIXES = (
 )
 VIT_EMBED_DIMS = {768: "vit_b", 1024: "vit_l", 1280: "vit_h"}
 MAX_LISTED_KEYS = 8
+RESAVE_HINT = "re-save the weights as a plain state dict: torch.save(model.state_dict(), path)"
+DOWNLOAD_HINT = "download it again and compare its size / checksum with the published one"
+# torch's weights-only unpickler names the first class or function it refused like this.
+UNSUPPORTED_GLOBAL = re.compile(r"Unsupported global: GLOBAL (\S+)")
+WEIGHTS_UNPICKLER_MARK = "WeightsUnpickler error:"
 
 
 @dataclass
@@ -50,27 +57,90 @@ class LoadedCheckpoint:
 
 
 def read_state(path: str | Path) -> dict:
-    """torch.load with weights_only=True, turning every failure into one CheckpointError naming the file."""
+    """torch.load with weights_only=True (code is never unpickled), turning every failure into one
+    CheckpointError that names the file, what it is instead and the fix."""
     path = Path(path)
-    if not path.is_file():
-        raise CheckpointError(f"checkpoint {path} does not exist")
     try:
-        state = torch.load(path, map_location="cpu", weights_only=True)
-    except pickle.UnpicklingError as exc:
-        if "Unsupported global" not in str(exc):
-            raise CheckpointError(f"{path} is not a torch checkpoint; it is corrupt ({exc})") from exc
-        raise CheckpointError(
-            f"{path} holds Python objects other than tensors and plain containers; refusing to unpickle it "
-            "(weights_only=True). Re-save it as a plain state dict: torch.save(model.state_dict(), path)"
-        ) from exc
-    except (RuntimeError, EOFError, OSError, zipfile.BadZipFile, ValueError) as exc:
-        raise CheckpointError(
-            f"{path} could not be read as a torch checkpoint; it is truncated or corrupt ({exc}). "
-            "Download it again and compare its size / checksum with the published one"
-        ) from exc
+        _refuse_non_checkpoint(path)
+        state = _torch_load(path)
+    except PermissionError as exc:
+        raise CheckpointError(permission_message(path, exc)) from exc
     if not isinstance(state, dict):
-        raise CheckpointError(f"{path} holds a {type(state).__name__}, expected a state dict")
+        raise CheckpointError(_not_a_state_dict(path, "the file", state))
     return state
+
+
+def _refuse_non_checkpoint(path: Path) -> None:
+    """Refuse what is recognisably no torch checkpoint before torch.load sees it."""
+    reason = unreadable_reason(path, "checkpoint")
+    if reason:
+        raise CheckpointError(reason)
+    kind = file_kind(path)
+    if kind == "empty":
+        raise CheckpointError(f"{path} is empty (0 bytes), not a checkpoint; {DOWNLOAD_HINT}")
+    if kind == "text":
+        raise CheckpointError(f"{path} is not a torch checkpoint (it looks like text, e.g. a web page saved by a "
+                              f"failed download); {DOWNLOAD_HINT}")
+    if kind == "safetensors":
+        raise CheckpointError(_safetensors_message(path))
+
+
+def _safetensors_message(path: Path) -> str:
+    try:
+        is_bank = (read_safetensors_header(path).get("__metadata__") or {}).get("format") == BANK_FORMAT
+    except PromptBankError:  # a damaged safetensors file is still no checkpoint
+        is_bank = False
+    if is_bank:
+        return f"{path} is a prompt bank (.safetensors), not a checkpoint; pass it as prompts / --prompts"
+    return (f"{path} is a safetensors file, not a torch checkpoint; pass a SAM, MobileSAM or FPSeg checkpoint "
+            "saved with torch.save (.pth / .pt)")
+
+
+def _torch_load(path: Path) -> object:
+    try:
+        return torch.load(path, map_location="cpu", weights_only=True)
+    except pickle.UnpicklingError as exc:
+        found = UNSUPPORTED_GLOBAL.search(str(exc))
+        if found:
+            raise CheckpointError(
+                f"{path} is not a plain tensor checkpoint: it holds Python objects/code ({found.group(1)}), "
+                f"which are never unpickled; {RESAVE_HINT}, where the file was made"
+            ) from None
+        raise CheckpointError(
+            f"{path} is not a torch checkpoint: its pickle data is corrupt ({_torch_reason(exc)}); {DOWNLOAD_HINT}"
+        ) from None
+    except (PermissionError, MemoryError):
+        raise
+    # torch.load fails on damaged files with many exception types (RuntimeError, EOFError, KeyError, ...).
+    except Exception as exc:
+        raise CheckpointError(f"{path} is truncated or corrupt ({_torch_reason(exc)}); {DOWNLOAD_HINT}") from None
+
+
+def _torch_reason(exc: Exception) -> str:
+    """torch's own account of a failed load, on one line and without its advice on how to load anyway."""
+    if isinstance(exc, EOFError):
+        return "the file ends early"
+    text = str(exc).split(WEIGHTS_UNPICKLER_MARK)[-1]
+    line = next((part.strip() for part in text.splitlines() if part.strip()), "")
+    sentence = line.split(". ")[0].rstrip(".")
+    return sentence if sentence and "weights_only" not in sentence else type(exc).__name__
+
+
+def _not_a_state_dict(path: Path, what: str, value: object) -> str:
+    return (f"{path}: {what} holds a {type(value).__name__} where a state dict belongs (parameter name -> "
+            f"tensor); {RESAVE_HINT}")
+
+
+def _state_dict(value: object, path: Path, what: str) -> dict[str, torch.Tensor]:
+    """`value` when it is a state dict of tensors; otherwise a CheckpointError naming the first wrong entry."""
+    if not isinstance(value, dict):
+        raise CheckpointError(_not_a_state_dict(path, what, value))
+    for key, tensor in value.items():
+        if not isinstance(tensor, torch.Tensor):
+            raise CheckpointError(
+                f"{path}: state-dict entry {key!r} is a {type(tensor).__name__}, expected a tensor; {RESAVE_HINT}"
+            )
+    return value
 
 
 def detect_encoder(state_dict: Mapping[str, torch.Tensor]) -> tuple[str, int]:
@@ -134,6 +204,9 @@ def _convert_sam(state_dict: Mapping[str, torch.Tensor], model: FPSegModel, path
 
 def _bank_names(n_classes: int, names: list[str] | None, path: Path) -> list[str]:
     if names is not None:
+        if isinstance(names, str) or not isinstance(names, (list, tuple)):
+            raise CheckpointError(f"{path}: class_names must be a list of class names, found a "
+                                  f"{type(names).__name__}; re-save the checkpoint with a list")
         if len(names) != n_classes:
             raise CheckpointError(f"{path} has {n_classes} prompt rows but {len(names)} class names were given")
         return list(names)
@@ -161,7 +234,7 @@ def load_checkpoint(
     state = read_state(path)
     if state.get("format") == PROJECT_FORMAT:
         return _load_project(state, path, encoder)
-    state_dict = _unwrap(state)
+    state_dict = _state_dict(_unwrap(state), path, "the state dict")
     detected, img_size = detect_encoder_in(state_dict, path)
     if encoder is not None and encoder != detected:
         raise CheckpointError(
@@ -196,19 +269,22 @@ def detect_encoder_in(state_dict: Mapping[str, torch.Tensor], path: Path) -> tup
 def _bank_from_model(
     model: FPSegModel, config: FPSegConfig, path: Path, kind: str, class_names: list[str] | None
 ) -> PromptBank:
-    return PromptBank(
-        names=_bank_names(config.n_classes, class_names, path),
-        embeddings=model.prompt_encoder.prompt_embeddings.detach().clone(),
-        encoder=config.encoder,
-        decoder_fingerprint=decoder_fingerprint(model.state_dict()),
-        source=f"{path.name} ({kind})",
-    )
+    try:
+        return PromptBank(
+            names=_bank_names(config.n_classes, class_names, path),
+            embeddings=model.prompt_encoder.prompt_embeddings.detach().clone(),
+            encoder=config.encoder,
+            decoder_fingerprint=decoder_fingerprint(model.state_dict()),
+            source=f"{path.name} ({kind})",
+        )
+    except PromptBankError as exc:
+        raise CheckpointError(f"{path}: its prompts are unusable: {exc}") from exc
 
 
 def _load_project(state: dict, path: Path, encoder: str | None) -> LoadedCheckpoint:
     try:
         config = FPSegConfig.from_dict(state["config"])
-        state_dict = state["state_dict"]
+        state_dict = _state_dict(state["state_dict"], path, "'state_dict'")
     except (KeyError, TypeError, ValueError) as exc:
         raise CheckpointError(f"{path}: malformed fpseg_ros checkpoint ({exc})") from exc
     if encoder is not None and encoder != config.encoder:
@@ -223,12 +299,9 @@ def _load_project(state: dict, path: Path, encoder: str | None) -> LoadedCheckpo
 
 
 def save_checkpoint(model: FPSegModel, config: FPSegConfig, class_names: list[str], path: str | Path) -> Path:
-    """Write a project checkpoint: config + class names + state dict, loadable with weights_only=True."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    torch.save(
-        {"format": PROJECT_FORMAT, "config": config.to_dict(), "class_names": list(class_names),
-         "state_dict": model.state_dict()},
-        path,
-    )
-    return path
+    """Write a project checkpoint: config + class names + state dict, loadable with weights_only=True.
+
+    The file is written atomically with the umask's mode: a reader never sees half a checkpoint."""
+    payload = {"format": PROJECT_FORMAT, "config": config.to_dict(), "class_names": list(class_names),
+               "state_dict": model.state_dict()}
+    return atomic_write(path, lambda tmp: torch.save(payload, tmp))

@@ -25,6 +25,14 @@ from .errors import FPSegError
 
 TEMP_SUFFIX = ".tmp"
 
+# What the first bytes of a file say it is (see `file_kind`).
+SNIFF_BYTES = 512
+SAFETENSORS_LENGTH_BYTES = 8
+SAFETENSORS_MAX_HEADER = 100_000_000  # safetensors' own limit on its JSON header
+ZIP_MAGIC = b"PK\x03\x04"  # torch.save's default (zip) format
+PICKLE_PROTOCOLS = range(2, 6)  # torch.save's legacy format: a pickle starting with PROTO 2..5
+TEXT_CONTROLS = "\n\r\t\f"
+
 
 class OutputExistsError(FPSegError, FileExistsError):
     """An output path that exists (and overwriting was not asked for) or that names one of the inputs."""
@@ -121,8 +129,9 @@ def check_output(path: str | Path, overwrite: bool = False, inputs: Iterable[str
     for source in inputs:
         if source is not None and _same_file(path, Path(source)):
             raise OutputExistsError(f"output {path} is also an input ({source}); choose another output path")
-    if path.is_dir() and not overwrite:
-        raise OutputExistsError(f"output {path} is an existing folder; choose another path")
+    if path.is_dir():
+        raise OutputExistsError(f"output {path} is an existing folder, where a file is to be written; choose "
+                                "another path")
     if path.exists() and not overwrite:
         raise OutputExistsError(f"output {path} exists; choose another path or pass {flag} to replace it")
     return path
@@ -164,3 +173,42 @@ def _group_name(gid: int) -> str:
         return grp.getgrgid(gid).gr_name
     except KeyError:
         return str(gid)
+
+
+def unreadable_reason(path: Path, what: str) -> str | None:
+    """Why `path` cannot be read as a `what` file (not readable, a directory, missing), or None when it can."""
+    reason = describe_unreadable(path)
+    if reason:
+        return reason
+    if path.is_dir():
+        return f"{path} is a directory, not a {what} file; pass the file itself"
+    if not path.exists():
+        return f"{what} {path} does not exist"
+    if not path.is_file():
+        return f"{path} is not a regular file; pass a {what} file"
+    return None
+
+
+def file_kind(path: Path) -> str:
+    """What the first bytes of `path` say it is: 'empty', 'safetensors', 'torch' (a torch.save zip or legacy
+    pickle), 'text' or 'unknown'. Raises OSError (e.g. PermissionError) when it cannot be opened."""
+    with open(path, "rb") as file:
+        head = file.read(SNIFF_BYTES)
+    if not head:
+        return "empty"
+    n = SAFETENSORS_LENGTH_BYTES
+    if head[n:n + 1] == b"{" and int.from_bytes(head[:n], "little") <= SAFETENSORS_MAX_HEADER:
+        return "safetensors"
+    if head.startswith(ZIP_MAGIC) or (head[0] == 0x80 and len(head) > 1 and head[1] in PICKLE_PROTOCOLS):
+        return "torch"
+    return "text" if _looks_like_text(head) else "unknown"
+
+
+def _looks_like_text(head: bytes) -> bool:
+    try:
+        text = head.decode("utf-8")
+    except UnicodeDecodeError as exc:
+        if exc.reason != "unexpected end of data":  # only a character cut off by the sniff window is fine
+            return False
+        text = head[:exc.start].decode("utf-8")
+    return all(c.isprintable() or c in TEXT_CONTROLS for c in text)

@@ -2,12 +2,11 @@
 
 from __future__ import annotations
 
-from typing import Literal
-
 import torch
 
-FUSIONS = ("argmax", "priority")
-Fusion = Literal["argmax", "priority"]
+from .constants import FUSIONS, MAX_CLASSES, Fusion
+
+__all__ = ["FUSIONS", "Fusion", "fuse"]
 
 
 def fuse(
@@ -23,8 +22,9 @@ def fuse(
     values = torch.as_tensor(bank_ids, device=logits.device, dtype=torch.int64) + 1
     if values.numel() != logits.shape[-3]:
         raise ValueError(f"{values.numel()} bank ids for {logits.shape[-3]} logit maps")
-    if int(values.max()) > 255:
-        raise ValueError("label images are uint8: bank indices must be below 255")
+    if int(values.max()) > MAX_CLASSES:
+        raise ValueError(f"label values stop at {MAX_CLASSES} (255 is vision_msgs' 'unlabeled'): bank indices must "
+                         f"be below {MAX_CLASSES}")
     if fusion == "argmax":
         best, winner = logits.max(dim=-3)
         present = best > threshold

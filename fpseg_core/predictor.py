@@ -10,10 +10,12 @@ from pathlib import Path
 
 import numpy as np
 import torch
+from PIL import Image as PILImage
 
-from .backends import create_backend
+from .backends import create_backend, resolve_device
 from .backends.fast_labels import FastLabeler
 from .checkpoint import load_checkpoint
+from .constants import MAX_CLASSES
 from .errors import PromptBankError
 from .fusion import FUSIONS, Fusion, fuse
 from .modeling.build import FPSegConfig, build_fpseg
@@ -58,9 +60,13 @@ class FPSeg:
     The encoder runs once per image; the decoder runs once for all requested classes (batched). Both run on
     a backend: `backend` is 'auto' (default), 'torch', 'onnxruntime' or 'tensorrt'; `engine_dir` is the
     folder of an `fpseg export-onnx` (and `fpseg build-engine`) run, needed by the latter two and by
-    'auto' to pick them (without one, 'auto' runs torch). `dtype` ('fp32', 'bf16', 'fp16') applies to the
-    torch backend. The label image is computed without N full-resolution logit maps (`FastLabeler`);
-    `segment_baseline` is the straightforward published computation, kept for comparison.
+    'auto' to pick them (without one, 'auto' runs torch; one it cannot use is an error). Graphs and engines
+    must have been made from this model, for its image size and `input_mode`, and every bank must have
+    their prompt size (ExportError otherwise, at construction and in `set_bank`). `device` is 'auto',
+    'cpu', 'cuda', 'cuda:N' or 'mps' (one this machine lacks is an error; see `resolve_device`). `dtype`
+    ('fp32', 'bf16', 'fp16') applies to the torch backend. The label image is computed without N
+    full-resolution logit maps (`FastLabeler`); `segment_baseline` is the straightforward published
+    computation, kept for comparison.
     """
 
     def __init__(
@@ -80,14 +86,15 @@ class FPSeg:
             raise ValueError(f"input_mode must be one of {', '.join(INPUT_MODES)}, got {input_mode!r}")
         if fusion not in FUSIONS:
             raise ValueError(f"fusion must be one of {', '.join(FUSIONS)}, got {fusion!r}")
-        self.device = torch.device(device)
+        self.device = resolve_device(device)
         self.model = model.to(self.device).eval()
         self.fingerprint = decoder_fingerprint(self.model.state_dict())
         self.input_mode: InputMode = input_mode
         self.fusion: Fusion = fusion
         self.threshold = float(threshold)
+        self.backend = create_backend(backend, self.model, self.device, engine_dir, input_mode=input_mode,
+                                      dtype=dtype)
         self.set_bank(bank, force=force_bank)
-        self.backend = create_backend(backend, self.model, self.device, engine_dir, self.fingerprint, dtype)
         self._labeler = FastLabeler()
 
     @classmethod
@@ -143,10 +150,13 @@ class FPSeg:
         return self.backend.name
 
     def set_bank(self, bank: PromptBank, force: bool = False) -> None:
-        """Swap in another prompt bank after checking it was tuned for this model's decoder."""
+        """Swap in another prompt bank after checking it was tuned for this model's decoder (unless `force`)
+        and that the backend takes its prompt size (always: an exported decoder takes one prompt size)."""
         bank.check_fits(self.fingerprint, force=force)
-        if len(bank) > 255:
-            raise PromptBankError(f"a bank holds at most 255 classes (uint8 labels), this one has {len(bank)}")
+        if len(bank) > MAX_CLASSES:
+            raise PromptBankError(f"a bank holds at most {MAX_CLASSES} classes (uint8 labels, 255 is vision_msgs' "
+                                  f"'unlabeled'), this one has {len(bank)}")
+        self.backend.check_prompt_size(bank.prompt_size)
         param = self.model.prompt_encoder.prompt_embeddings
         self._prompts = bank.embeddings.to(self.device, param.dtype)
         self.bank = bank
@@ -164,8 +174,8 @@ class FPSeg:
             raise ValueError(f"a class is requested twice in {list(classes)}")
         return ids
 
-    def _prepare(self, image: np.ndarray | torch.Tensor, color_order: ColorOrder):
-        rgb = to_rgb(image, color_order) if isinstance(image, np.ndarray) else image
+    def _prepare(self, image: np.ndarray | torch.Tensor | PILImage.Image, color_order: ColorOrder):
+        rgb = image if isinstance(image, torch.Tensor) else to_rgb(image, color_order)
         return preprocess(rgb, self.img_size, self.input_mode, self.device)
 
     @torch.inference_mode()

@@ -4,7 +4,9 @@ Subscribes to the fpseg node's ~/labels, ~/label_info and ~/stats and to the gro
 `ros2 bag play` (a bag from `fpseg bag-from-cityscapes --with-gt`); pairs labels and ground truth by header
 stamp and accumulates the Cityscapes confusion matrix in the ROS-free `StreamEvaluator` (the same code as
 `fpseg eval-bag`). The report (results.json / .md / confusion.png, as `fpseg eval-labels` writes, with frame
-counts and latency) is written on ~/write_report (std_srvs/Trigger) and when the node shuts down.
+counts and latency) is written on ~/write_report (std_srvs/Trigger), every `report_every` matched frames
+(marked partial, so a killed run still leaves one) and, final, when the node shuts down; every file is
+replaced atomically and the final write is shielded from the repeated SIGINT of `ros2 launch`.
 Written against the rclpy API common to Humble and Jazzy.
 """
 
@@ -27,13 +29,15 @@ from std_srvs.srv import Trigger
 from vision_msgs.msg import LabelInfo
 
 from fpseg_core.replay.conventions import GT_TOPIC, LABEL_INFO_TOPIC, LABELS_TOPIC, STATS_TOPIC
-from fpseg_core.replay.evaluator import StreamEvaluator, write_stream_report
+from fpseg_core.replay.evaluator import StreamEvaluator, StreamReport
 from fpseg_core.replay.pairing import DEFAULT_MAX_PENDING
+from fpseg_core.runtime.shutdown import DeferredSignals
 from fpseg_ros.msg import SegmentationStats
 
 NODE_NAME = "fpseg_eval"
 LOG_THROTTLE_S = 5.0
 MAX_PENDING_RANGE = (1, 10_000)
+REPORT_EVERY_RANGE = (0, 1_000_000)
 # Reliable, so that no frame is lost between the nodes on the evaluator's side (a frame the fpseg node
 # itself skips is counted as unmatched ground truth). Compatible with the fpseg node's and the player's
 # reliable publishers.
@@ -66,6 +70,10 @@ PARAMETERS = (
                   "Frames that may wait for their partner (labels or ground truth); beyond that the oldest "
                   "is counted as unmatched. Read-only.", MAX_PENDING_RANGE),
     EvalParameter("report_on_shutdown", True, "Write the final report when the node shuts down. Read-only."),
+    EvalParameter("report_every", 100,
+                  "Rewrite the report, marked partial, every N matched frames, so that a run that is killed "
+                  "still leaves a valid report; 0 = only on ~/write_report and at shutdown. Read-only.",
+                  REPORT_EVERY_RANGE),
 )
 
 
@@ -76,10 +84,10 @@ class EvalNode(Node):
         super().__init__(NODE_NAME, **node_kwargs)
         # rclpy refuses values of the wrong type or outside a declared range (ParameterException).
         values = {p.name: self.declare_parameter(p.name, p.default, p.descriptor()).value for p in PARAMETERS}
-        self._report_dir = Path(values["report_dir"]).expanduser()
-        self._title = values["title"]
         self.report_on_shutdown = bool(values["report_on_shutdown"])
         self._evaluator = StreamEvaluator(values["max_pending"])
+        self._report = StreamReport(self._evaluator, Path(values["report_dir"]).expanduser(), values["title"],
+                                    values["report_every"])
 
         self.create_subscription(Image, LABELS_TOPIC, self._on_labels, STREAM_QOS)
         self.create_subscription(Image, GT_TOPIC, self._on_ground_truth, STREAM_QOS)
@@ -88,14 +96,27 @@ class EvalNode(Node):
         self.create_service(Trigger, "~/write_report", self._on_write_report)
         self.get_logger().info(
             f"scoring {self.resolve_topic_name(LABELS_TOPIC)} against {self.resolve_topic_name(GT_TOPIC)}; "
-            f"report in {self._report_dir} on ~/write_report and at shutdown"
+            f"report in {self._report.out_dir} on ~/write_report and at shutdown"
+            + (f", partial every {self._report.every} matched frames" if self._report.every else "")
         )
 
     def _on_labels(self, msg: Image) -> None:
         self._warn_if_dropped(self._evaluator.on_labels(msg))
+        self._write_partial_if_due()
 
     def _on_ground_truth(self, msg: Image) -> None:
         self._warn_if_dropped(self._evaluator.on_ground_truth(msg))
+        self._write_partial_if_due()
+
+    def _write_partial_if_due(self) -> None:
+        try:
+            summary = self._report.write_if_due()
+        except OSError as exc:
+            self.get_logger().error(f"cannot write the partial report to {self._report.out_dir}: {exc}",
+                                    throttle_duration_sec=LOG_THROTTLE_S)
+            return
+        if summary is not None:
+            self.get_logger().info(summary)
 
     def _on_label_info(self, msg: LabelInfo) -> None:
         try:
@@ -114,20 +135,23 @@ class EvalNode(Node):
             response.message = self.write_report(final=False)
             response.success = True
         except OSError as exc:
-            response.success, response.message = False, f"cannot write the report to {self._report_dir}: {exc}"
+            response.success, response.message = False, f"cannot write the report to {self._report.out_dir}: {exc}"
         return response
 
     def write_report(self, final: bool) -> str:
         """Write the report (with `final`, frames still waiting count as unmatched); returns a summary."""
-        result = self._evaluator.result(final=final)
-        paths = write_stream_report(result, self._report_dir, self._title)
-        frames = result["frames"]
-        miou = "n/a" if result["miou"] is None else f"{100 * result['miou']:.2f}"
-        summary = (f"mIoU {miou} over {frames['scored']} frames; unmatched ground truth "
-                   f"{frames['unmatched_ground_truth']}, labels {frames['unmatched_predictions']}; wrote "
-                   + ", ".join(str(p) for p in paths))
+        summary = self._report.write(final=final)
         self.get_logger().info(summary)
         return summary
+
+    def shut_down(self) -> None:
+        """Write the final report (when report_on_shutdown) and destroy the node; call inside DeferredSignals."""
+        try:
+            if self.report_on_shutdown:
+                self.write_report(final=True)
+        except OSError as exc:  # e.g. an unwritable report_dir: say so, still shut down cleanly
+            self.get_logger().error(f"could not write the final report: {exc}")
+        self.destroy_node()
 
 
 def main(args: list[str] | None = None) -> int:
@@ -144,13 +168,11 @@ def main(args: list[str] | None = None) -> int:
     except (KeyboardInterrupt, ExternalShutdownException):
         pass
     finally:
-        try:
-            if node.report_on_shutdown:
-                node.write_report(final=True)
-        except OSError as exc:  # e.g. an unwritable report_dir: say so, still shut down cleanly
-            get_logger(NODE_NAME).error(f"could not write the final report: {exc}")
-        node.destroy_node()
-        rclpy.try_shutdown()
+        # The repeated SIGINT of `ros2 launch` (or a SIGTERM) must not cut the final report short: shutdown is
+        # already under way, so the signals are only recorded until it is done.
+        with DeferredSignals(redeliver=False):
+            node.shut_down()
+            rclpy.try_shutdown()
     return 0
 
 

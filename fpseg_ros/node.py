@@ -8,10 +8,12 @@ SegmentationController. Written against the rclpy API common to Humble and Jazzy
 from __future__ import annotations
 
 import sys
+import traceback
 from typing import Any
 
 import rclpy
 from rcl_interfaces.msg import FloatingPointRange, IntegerRange, ParameterDescriptor, SetParametersResult
+from rclpy.clock import Clock, ClockType
 from rclpy.exceptions import ParameterException
 from rclpy.executors import ExternalShutdownException
 from rclpy.logging import get_logger
@@ -22,15 +24,23 @@ from sensor_msgs.msg import CompressedImage, Image
 from vision_msgs.msg import LabelInfo, VisionClass
 
 from fpseg_core.errors import FPSegError
-from fpseg_core.runtime.controller import FrameResult, Rejection, SegmentationController, load_pipeline
+from fpseg_core.runtime.controller import (
+    FrameResult,
+    PromptUpdate,
+    Rejection,
+    SegmentationController,
+    load_pipeline,
+)
 from fpseg_core.runtime.image_codec import fill_image
 from fpseg_core.runtime.parameters import PARAMETERS, RUNTIME_PARAMETERS, ParameterSpec
+from fpseg_core.runtime.shutdown import DeferredSignals
 from fpseg_ros.msg import SegmentationStats
 from fpseg_ros.srv import LoadPrompts
 
 NODE_NAME = "fpseg"
 LOG_THROTTLE_S = 5.0
 STOP_TIMEOUT_S = 30.0
+WATCHDOG_PERIOD_S = 1.0  # how often the node checks that its inference thread is still alive
 # Sensor-data QoS (best effort, volatile) with depth 1: only the newest camera frame matters.
 INPUT_QOS = QoSProfile(history=HistoryPolicy.KEEP_LAST, depth=1, reliability=ReliabilityPolicy.BEST_EFFORT,
                        durability=DurabilityPolicy.VOLATILE)
@@ -84,6 +94,9 @@ class FPSegNode(Node):
             CompressedImage if compressed else Image, "image/compressed" if compressed else "image",
             self._controller.submit, INPUT_QOS,
         )
+        # Steady clock: the check must run whether or not a (simulated) /clock is ticking.
+        self._watchdog = self.create_timer(WATCHDOG_PERIOD_S, self._check_worker,
+                                           clock=Clock(clock_type=ClockType.STEADY_TIME))
         self.get_logger().info(
             f"segmenting {self._subscription.topic_name} with backend {self._controller.backend_name}; "
             f"bank: {', '.join(self._controller.available)}; active: {', '.join(self._controller.active)}"
@@ -132,20 +145,37 @@ class FPSegNode(Node):
 
     def _on_load_prompts(self, request: LoadPrompts.Request, response: LoadPrompts.Response
                          ) -> LoadPrompts.Response:
-        update = self._controller.load_prompts(request.path, list(request.classes), request.replace,
-                                               request.activate)
-        if update.success:
-            self.get_logger().info(update.message)
-            # Keep the parameter in step with the active classes; its callback re-validates them and
-            # republishes ~/label_info for the new bank.
-            self.set_parameters([Parameter("classes", Parameter.Type.STRING_ARRAY, update.active)])
-        else:
-            self.get_logger().warning(f"load_prompts refused: {update.message}")
+        # Never raises: an exception in a service callback would end rclpy.spin and with it the node.
+        try:
+            update = self._controller.load_prompts(request.path, list(request.classes), request.replace,
+                                                   request.activate)
+            if update.success:
+                self.get_logger().info(update.message)
+                # Keep the parameter in step with the active classes; its callback re-validates them and
+                # republishes ~/label_info for the new bank.
+                self.set_parameters([Parameter("classes", Parameter.Type.STRING_ARRAY, update.active)])
+            else:
+                self.get_logger().warning(f"load_prompts refused: {update.message}")
+        except Exception as exc:
+            message = f"{request.path}: load_prompts failed: {type(exc).__name__}: {exc}"
+            self.get_logger().error(message)
+            update = PromptUpdate(False, message, self._controller.available, self._controller.active)
         response.success = update.success
         response.message = update.message
         response.available = update.available
         response.active = update.active
         return response
+
+    def _check_worker(self) -> None:
+        """Watchdog: if the inference thread died, say why and shut down so that main() exits non-zero."""
+        cause = self._controller.death_cause
+        if cause is None:
+            return
+        self._watchdog.cancel()
+        details = "".join(traceback.format_exception(type(cause), cause, cause.__traceback__)).rstrip()
+        self.get_logger().fatal(f"the inference thread died ({cause!r}); no frame can be segmented any more, "
+                                f"exiting with status 1 so that respawn / systemd restarts the node:\n{details}")
+        rclpy.try_shutdown(context=self.context)
 
     # ------------------------------------------------------------- outputs (called on the worker thread)
     def _publish(self, result: FrameResult) -> None:
@@ -161,9 +191,15 @@ class FPSegNode(Node):
             self.get_logger().error(rejection.reason, throttle_duration_sec=LOG_THROTTLE_S)
 
     def _on_publish_error(self, exc: BaseException) -> None:
+        """A publish or report callback raised (the frame is counted in failed_frames; the thread goes on)."""
         if not self.context.ok():  # Ctrl-C shut the context down while a result was being published
             return
         self.get_logger().error(f"publishing a result failed: {exc!r}", throttle_duration_sec=LOG_THROTTLE_S)
+
+    @property
+    def worker_died(self) -> bool:
+        """The inference thread died (the process must exit non-zero)."""
+        return self._controller.death_cause is not None
 
     def _publish_label_info(self) -> None:
         msg = LabelInfo()
@@ -198,9 +234,13 @@ def main(args: list[str] | None = None) -> int:
     except (KeyboardInterrupt, ExternalShutdownException):
         pass
     finally:
-        node.destroy_node()
-        rclpy.try_shutdown()
-    return 0
+        # Under `ros2 launch` Ctrl-C arrives twice; the second SIGINT (or a SIGTERM) must not raise in the main
+        # thread while it waits for the frame in progress, or the process aborts with the inference thread
+        # inside a publish. Shutdown is already under way, so the signals are only recorded.
+        with DeferredSignals(redeliver=False):
+            node.destroy_node()
+            rclpy.try_shutdown()
+    return 1 if node.worker_died else 0
 
 
 if __name__ == "__main__":

@@ -21,6 +21,11 @@ from launch_ros.substitutions import FindPackageShare
 from fpseg_core.cityscapes import TRAIN_ID_NAMES
 from fpseg_core.replay.conventions import GT_TOPIC, IMAGE_TOPIC
 
+# After Ctrl-C, launch sends SIGTERM to a node still running this long after its SIGINT (launch's default: 5 s),
+# and SIGKILL 5 s later: time enough for fpseg_eval's final report of a long run (it defers SIGTERM; SIGKILL
+# would lose the report).
+FINAL_REPORT_TIMEOUT_S = "30"
+
 
 def generate_launch_description() -> LaunchDescription:
     def arg(name: str) -> LaunchConfiguration:
@@ -37,10 +42,12 @@ def generate_launch_description() -> LaunchDescription:
         executable="fpseg_eval",
         name="fpseg_eval",
         parameters=[{"report_dir": ParameterValue(arg("report_dir"), value_type=str),
-                     "title": ParameterValue(arg("title"), value_type=str)}],
+                     "title": ParameterValue(arg("title"), value_type=str),
+                     "report_every": ParameterValue(arg("report_every"), value_type=int)}],
         remappings=[(GT_TOPIC, arg("gt"))],
         output="screen",
         emulate_tty=True,
+        sigterm_timeout=FINAL_REPORT_TIMEOUT_S,
     )
     return LaunchDescription([
         DeclareLaunchArgument("image", default_value=IMAGE_TOPIC, description="camera images (from the bag)"),
@@ -55,6 +62,8 @@ def generate_launch_description() -> LaunchDescription:
         DeclareLaunchArgument("report_dir", default_value="fpseg_eval",
                               description="folder for results.json / results.md / confusion.png"),
         DeclareLaunchArgument("title", default_value="fpseg node on Cityscapes", description="report title"),
+        DeclareLaunchArgument("report_every", default_value="100",
+                              description="rewrite the report (marked partial) every N matched frames; 0 = off"),
         DeclareLaunchArgument("use_sim_time", default_value="true",
                               description="run both nodes on the bag's clock (play with --clock)"),
         SetParameter(name="use_sim_time", value=arg("use_sim_time")),

@@ -6,6 +6,8 @@
 Parameters come from `params_file` (default: this package's config/fpseg.yaml); the backend, checkpoint,
 prompts and classes arguments override it when they are not empty. `image` is remapped onto the node's
 `image` input, and `<image>/compressed` onto `image/compressed` (used with compressed_input: true).
+`respawn:=true` restarts the node (after RESPAWN_DELAY_S) whenever it exits while launch is not shutting down,
+e.g. with status 1 after its inference thread died.
 """
 
 from launch import LaunchDescription
@@ -15,6 +17,7 @@ from launch_ros.actions import Node
 from launch_ros.substitutions import FindPackageShare
 
 OVERRIDES = ("backend", "checkpoint", "prompts")
+RESPAWN_DELAY_S = 2.0
 
 
 def parse_classes(text: str) -> list[str]:
@@ -43,6 +46,8 @@ def _fpseg_node(context, *_args, **_kwargs):
             remappings=[("image", image), ("image/compressed", f"{image}/compressed")],
             output="screen",
             emulate_tty=True,
+            respawn=arg("respawn").lower() == "true",
+            respawn_delay=RESPAWN_DELAY_S,
         )
     ]
 
@@ -64,5 +69,7 @@ def generate_launch_description() -> LaunchDescription:
         DeclareLaunchArgument("classes", default_value="",
                               description="active classes, e.g. road,person (empty: from params_file)"),
         DeclareLaunchArgument("namespace", default_value="", description="namespace of the node"),
+        DeclareLaunchArgument("respawn", default_value="false", choices=["true", "false"],
+                              description="restart the node whenever it exits unasked (true on a robot)"),
         OpaqueFunction(function=_fpseg_node),
     ])

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import hashlib
 import importlib.util
 import json
 import logging
@@ -16,25 +17,29 @@ import torch
 from label_checks import assert_same_decisions
 
 from fpseg_core import FPSeg, FPSegError, __version__, decoder_fingerprint, tiny_config
+from fpseg_core.artifacts import ExportError, read_sidecar
 from fpseg_core.backends import choose_backend
+from fpseg_core.backends.onnxruntime_backend import verify_export
 from fpseg_core.backends.tensorrt_backend import require_tensorrt
 from fpseg_core.cli.main import main as fpseg_main
-from fpseg_core.export.onnx_export import ExportError, export_onnx, read_sidecar, verify_export
+from fpseg_core.export.onnx_export import export_onnx
+from fpseg_core.prompt_bank import weights_fingerprint
 
 CONFIG = tiny_config("mobilesam", n_classes=6, prompt_size=4, img_size=128)
+INPUT_MODE = "letterbox"  # the export's, and so every pipeline's here (graphs run only in the mode they were made for)
 HAS_TENSORRT = importlib.util.find_spec("tensorrt") is not None
 
 
 def random_fpseg(seed: int = 0, **options) -> FPSeg:
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", UserWarning)
-        return FPSeg.random(CONFIG, seed=seed, **options)
+        return FPSeg.random(CONFIG, seed=seed, **{"input_mode": INPUT_MODE, **options})
 
 
 @pytest.fixture(scope="module")
 def export_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
     out = tmp_path_factory.mktemp("onnx")
-    export_onnx(random_fpseg(backend="torch").model, CONFIG, out, input_mode="letterbox")
+    export_onnx(random_fpseg(backend="torch").model, CONFIG, out, input_mode=INPUT_MODE)
     return out
 
 
@@ -44,9 +49,13 @@ def test_export_writes_two_graphs_and_a_sidecar(export_dir: Path) -> None:
     assert sidecar["encoder"] == "mobilesam" and sidecar["img_size"] == 128
     assert sidecar["prompt_size"] == 4 and sidecar["opset"] == 17
     assert sidecar["decoder_fingerprint"] == decoder_fingerprint(model.model.state_dict())
-    assert sidecar["input_mode"] == "letterbox" and sidecar["fpseg_core_version"] == __version__
-    for name in ("encoder.onnx", "decoder.onnx"):
-        onnx.checker.check_model(str(export_dir / name), full_check=True)
+    assert sidecar["encoder_fingerprint"] == weights_fingerprint(model.model.state_dict(), ("image_encoder.",))
+    assert sidecar["input_mode"] == INPUT_MODE and sidecar["fpseg_core_version"] == __version__
+    for role in ("encoder", "decoder"):
+        path = export_dir / f"{role}.onnx"
+        assert sidecar["files"][role] == {"name": path.name, "bytes": path.stat().st_size,
+                                          "sha256": hashlib.sha256(path.read_bytes()).hexdigest()}
+        onnx.checker.check_model(str(path), full_check=True)
     decoder = onnx.load(str(export_dir / "decoder.onnx"))
     inputs = {i.name: [d.dim_param or d.dim_value for d in i.type.tensor_type.shape.dim] for i in decoder.graph.input}
     assert inputs == {"image_embeddings": [1, 256, 8, 8], "prompt_tokens": ["classes", 4, 256]}
@@ -76,7 +85,8 @@ def test_onnxruntime_backend_labels_equal_torch_backend(export_dir: Path) -> Non
 
 
 def test_onnxruntime_refuses_graphs_of_another_decoder(export_dir: Path) -> None:
-    with pytest.raises(ExportError, match=r"decoder fingerprint .* export this checkpoint again"):
+    with pytest.raises(ExportError, match=r"does not fit the loaded pipeline: .*decoder fingerprint .* export this "
+                                          "model again"):
         random_fpseg(seed=1, backend="onnxruntime", engine_dir=export_dir)
 
 
@@ -95,24 +105,24 @@ def test_auto_picks_onnxruntime_on_cpu_with_an_export_and_says_so(export_dir: Pa
     assert f"backend auto -> onnxruntime (ONNX export in {export_dir})" in caplog.text
 
 
-def test_auto_falls_back_to_torch_and_says_why(tmp_path: Path, caplog) -> None:
+def test_auto_runs_torch_only_without_engine_dir_and_says_why(tmp_path: Path, caplog) -> None:
     with caplog.at_level(logging.INFO, logger="fpseg"):
         assert random_fpseg(backend="auto").backend_name == "torch"
     assert "backend auto -> torch (no engine_dir given" in caplog.text
-    caplog.clear()
-    with caplog.at_level(logging.INFO, logger="fpseg"):
-        assert random_fpseg(backend="auto", engine_dir=tmp_path).backend_name == "torch"
-    assert any(r.levelno == logging.WARNING and "holds no usable ONNX export" in r.message for r in caplog.records)
+    with pytest.raises(ExportError, match=r"backend auto cannot use engine_dir .*: it holds neither fpseg_onnx\.json"):
+        random_fpseg(backend="auto", engine_dir=tmp_path)
 
 
 def test_choose_backend_rules(export_dir: Path, tmp_path: Path) -> None:
     cpu, gpu = torch.device("cpu"), torch.device("cuda")
     assert choose_backend("auto", cpu, export_dir)[0] == "onnxruntime"
     assert choose_backend("torch", cpu, export_dir) == ("torch", "requested")
-    assert choose_backend("auto", cpu, tmp_path / "missing") == ("torch", f"engine_dir {tmp_path / 'missing'} does not "
-                                                                          "exist")
+    assert choose_backend("auto", cpu, None)[0] == "torch"
+    with pytest.raises(ExportError, match=f"engine_dir {tmp_path / 'missing'} does not exist"):
+        choose_backend("auto", cpu, tmp_path / "missing")
     if "CUDAExecutionProvider" not in onnxruntime.get_available_providers():
-        assert choose_backend("auto", gpu, export_dir)[0] == "torch"  # torch on the GPU beats ORT on the CPU
+        with pytest.raises(ExportError, match="this onnxruntime has no CUDA provider"):
+            choose_backend("auto", gpu, export_dir)  # never a quiet fallback to torch
     with pytest.raises(ValueError, match="backend must be one of auto, torch, onnxruntime, tensorrt"):
         choose_backend("openvino", cpu, None)
 

@@ -3,13 +3,14 @@
 from __future__ import annotations
 
 import os
+import stat
 from pathlib import Path
 
 import oracles
 import pytest
 import torch
 
-from fpseg_core import CheckpointError, FPSeg, PromptBankError, load_checkpoint
+from fpseg_core import CheckpointError, FPSeg, PromptBankError, load_checkpoint, save_checkpoint
 from fpseg_core.cityscapes import BANK33
 from fpseg_core.cli.main import main as fpseg_main
 from fpseg_core.modeling.build import FPSegConfig, build_fpseg
@@ -129,14 +130,14 @@ def test_truncated_file(fpseg33_file, tmp_path) -> None:
     data = fpseg33_file[0].read_bytes()
     bad = tmp_path / "truncated.pth"
     bad.write_bytes(data[: len(data) // 2])
-    with pytest.raises(CheckpointError, match=r"truncated\.pth could not be read .* truncated or corrupt"):
+    with pytest.raises(CheckpointError, match=r"truncated\.pth is truncated or corrupt \(PytorchStreamReader"):
         load_checkpoint(bad)
 
 
 def test_garbage_file(tmp_path) -> None:
     bad = tmp_path / "garbage.pth"
     bad.write_bytes(os.urandom(4096))
-    with pytest.raises(CheckpointError, match=r"garbage\.pth (could not be read|is not a torch checkpoint)"):
+    with pytest.raises(CheckpointError, match=r"garbage\.pth (is truncated or corrupt|is not a torch checkpoint)"):
         load_checkpoint(bad)
 
 
@@ -147,8 +148,10 @@ class _Payload:
 def test_pickled_objects_are_refused(tmp_path) -> None:
     bad = tmp_path / "pickled.pth"
     torch.save({"model": _Payload()}, bad)
-    with pytest.raises(CheckpointError, match="refusing to unpickle"):
+    with pytest.raises(CheckpointError, match=r"not a plain tensor checkpoint: it holds Python objects/code "
+                                              r"\(test_checkpoint\._Payload\)") as info:
         load_checkpoint(bad)
+    assert "weights_only" not in str(info.value)
 
 
 def test_missing_and_unexpected_keys_are_listed(fpseg33_file, tmp_path) -> None:
@@ -179,3 +182,16 @@ def test_state_dict_without_encoder_is_refused(tmp_path) -> None:
     torch.save({"mask_decoder.mask_tokens.weight": torch.zeros(1, 256)}, bad)
     with pytest.raises(CheckpointError, match="not a SAM, MobileSAM or FPSeg checkpoint"):
         load_checkpoint(bad)
+
+
+def test_save_checkpoint_is_atomic_with_the_umask_mode(tiny_checkpoint, tmp_path) -> None:
+    loaded = load_checkpoint(tiny_checkpoint)
+    path = tmp_path / "saved.pth"
+    old_mask = os.umask(0o022)
+    try:
+        save_checkpoint(loaded.model, loaded.config, loaded.bank.names, path)
+    finally:
+        os.umask(old_mask)
+    assert stat.S_IMODE(path.stat().st_mode) == 0o644
+    assert [p.name for p in tmp_path.iterdir()] == ["saved.pth"]  # no temporary file left behind
+    assert load_checkpoint(path).bank.names == loaded.bank.names

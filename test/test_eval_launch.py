@@ -26,7 +26,7 @@ def test_eval_launch_description() -> None:
                 if isinstance(e, DeclareLaunchArgument)}
     assert defaults["classes"] == ",".join(TRAIN_ID_NAMES)
     assert defaults["image"] == "/camera/image_raw" and defaults["gt"] == "/camera/gt_labels"
-    assert defaults["use_sim_time"] == "true"
+    assert defaults["use_sim_time"] == "true" and defaults["report_every"] == "100"
     assert sum(isinstance(e, IncludeLaunchDescription) for e in entities) == 1
     assert sum(isinstance(e, SetParameter) for e in entities) == 1
     (evaluator,) = [e for e in entities if isinstance(e, Node)]

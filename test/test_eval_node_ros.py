@@ -111,6 +111,7 @@ def test_evaluator_node_pairs_scores_and_reports(ros: None, tmp_path: Path) -> N
         assert response.success and "over 3 frames" in response.message
 
         report = json.loads((tmp_path / "results.json").read_text())
+        assert report["partial"] is True  # written while the stream runs
         reference = expected.result()
         assert {key: report[key] for key in reference} == reference
         assert report["frames"]["pending_ground_truth"] == 1  # the skipped frame, still waiting
@@ -118,7 +119,7 @@ def test_evaluator_node_pairs_scores_and_reports(ros: None, tmp_path: Path) -> N
         assert report["latency_ms"]["encoder"]["count"] == 3
         node.write_report(final=True)
         final = json.loads((tmp_path / "results.json").read_text())
-        assert final["frames"]["unmatched_ground_truth"] == 1
+        assert final["frames"]["unmatched_ground_truth"] == 1 and final["partial"] is False
     finally:
         executor.shutdown()
         feeder.destroy_node()
@@ -128,3 +129,30 @@ def test_evaluator_node_pairs_scores_and_reports(ros: None, tmp_path: Path) -> N
 def test_evaluator_node_refuses_an_out_of_range_parameter(ros: None) -> None:
     with pytest.raises(ParameterException):
         EvalNode(parameter_overrides=[Parameter("max_pending", value=0)])
+    with pytest.raises(ParameterException):
+        EvalNode(parameter_overrides=[Parameter("report_every", value=-1)])
+
+
+def test_evaluator_node_writes_a_partial_report_every_n_matched_frames(ros: None, tmp_path: Path) -> None:
+    node = EvalNode(parameter_overrides=[Parameter("report_dir", value=str(tmp_path)),
+                                         Parameter("report_every", value=2)])
+    feeder = rclpy.create_node("fake_fpseg")
+    executor = SingleThreadedExecutor()
+    executor.add_node(node)
+    executor.add_node(feeder)
+    try:
+        labels_pub = feeder.create_publisher(Image, LABELS_TOPIC, RELIABLE)
+        gt_pub = feeder.create_publisher(Image, GT_TOPIC, RELIABLE)
+        spin_until(executor, lambda: labels_pub.get_subscription_count() and gt_pub.get_subscription_count())
+        for i in range(3):
+            stamp = 1_700_000_000_000_000_000 + i
+            gt_pub.publish(image(np.full((2, 2), ROAD, dtype=np.uint8), stamp))
+            labels_pub.publish(image(np.ones((2, 2), dtype=np.uint8), stamp))
+        spin_until(executor, lambda: node._evaluator.matched == 3)
+        report = json.loads((tmp_path / "results.json").read_text())
+        assert report["partial"] is True and report["frames"]["matched"] == 2
+        node.shut_down()  # what main() runs at exit: the final report
+        assert json.loads((tmp_path / "results.json").read_text())["partial"] is False
+    finally:
+        executor.shutdown()
+        feeder.destroy_node()

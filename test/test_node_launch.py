@@ -1,6 +1,7 @@
 """The fpseg node in a real ROS 2 graph (launch_testing), started through launch/segment.launch.py with a tiny
 random model: images in; labels, overlay, stats and label map out; `classes` set at run time (valid and
-invalid); ~/load_prompts with a good, a corrupt and a mismatched bank; clean exit on shutdown.
+invalid); ~/load_prompts with a good, a corrupt and a mismatched bank; clean exit on shutdown, also when
+Ctrl-C hits `ros2 launch` (and so the node twice) while frames stream in.
 
 Needs a built and sourced workspace (ROS 2 Humble or Jazzy):
     colcon build --packages-select fpseg_ros && source install/setup.bash
@@ -11,6 +12,10 @@ Under plain pytest without ROS it is skipped.
 from __future__ import annotations
 
 import array
+import os
+import shutil
+import signal
+import subprocess
 import tempfile
 import time
 import unittest
@@ -35,6 +40,8 @@ from launch.substitutions import PathJoinSubstitution  # noqa: E402
 from launch_ros.substitutions import FindPackageShare  # noqa: E402
 from rcl_interfaces.msg import Parameter, ParameterType, ParameterValue  # noqa: E402
 from rcl_interfaces.srv import GetParameters, SetParameters  # noqa: E402
+from rclpy.context import Context  # noqa: E402
+from rclpy.executors import SingleThreadedExecutor  # noqa: E402
 from rclpy.qos import DurabilityPolicy, HistoryPolicy, QoSProfile, ReliabilityPolicy  # noqa: E402
 from sensor_msgs.msg import Image  # noqa: E402
 from vision_msgs.msg import LabelInfo  # noqa: E402
@@ -48,6 +55,9 @@ NODE = f"/{NAMESPACE}/fpseg"
 IMAGE_TOPIC = f"/{NAMESPACE}/camera/image"
 CLASSES = ["road", "car", "person", "sky"]
 TIMEOUT_S = 120.0  # the node imports torch and loads the model before it answers
+SIGINT_NAMESPACE = "fpseg_sigint_test"  # a second node, started with `ros2 launch` and stopped with Ctrl-C
+STREAM_PERIOD_S = 0.05
+EXIT_TIMEOUT_S = 60.0  # launch escalates to SIGTERM after 5 s and SIGKILL after 10 s; a clean exit is sooner
 WORKDIR = Path(tempfile.mkdtemp(prefix="fpseg_launch_test_"))
 
 
@@ -97,6 +107,18 @@ def _string_array(values: list[str]) -> ParameterValue:
     return ParameterValue(type=ParameterType.PARAMETER_STRING_ARRAY, string_array_value=values)
 
 
+def _image_message(node, frame: np.ndarray, frame_id: str = "test_camera") -> Image:
+    """An rgb8 Image of `frame`, stamped now."""
+    msg = Image()
+    msg.header.stamp = node.get_clock().now().to_msg()
+    msg.header.frame_id = frame_id
+    msg.height, msg.width = frame.shape[:2]
+    msg.encoding = "rgb8"
+    msg.step = msg.width * 3
+    msg.data = array.array("B", frame.tobytes())
+    return msg
+
+
 class TestFPSegNode(unittest.TestCase):
     @classmethod
     def setUpClass(cls) -> None:
@@ -128,15 +150,8 @@ class TestFPSegNode(unittest.TestCase):
                 step()
             rclpy.spin_once(self.node, timeout_sec=0.1)
 
-    def _image(self, frame_id: str = "test_camera") -> Image:
-        msg = Image()
-        msg.header.stamp = self.node.get_clock().now().to_msg()
-        msg.header.frame_id = frame_id
-        msg.height, msg.width = self.frame.shape[:2]
-        msg.encoding = "rgb8"
-        msg.step = msg.width * 3
-        msg.data = array.array("B", self.frame.tobytes())
-        return msg
+    def _image(self) -> Image:
+        return _image_message(self.node, self.frame)
 
     def _segment_one(self) -> tuple[Image, Image, SegmentationStats]:
         """Publish frames (the node may drop some) until labels and stats for one of them arrive."""
@@ -287,6 +302,59 @@ class TestFPSegNode(unittest.TestCase):
         self.assertEqual(self._label_map(len(CLASSES) + 2)[5], "bicycle")
         stats = self._assert_labels_within(["road", "bicycle"], [*CLASSES, "bicycle"])
         self.assertGreater(stats.frame, frames_before)  # same process: the frame counter went on
+
+
+class TestCtrlCWhileFramesStream(unittest.TestCase):
+    """Ctrl-C in the terminal of `ros2 launch` while images stream in: SIGINT reaches the process group, and
+    launch forwards a second one to the node while it finishes its frame. The node must exit with status 0
+    (it used to abort: 'terminate called without an active exception', exit code -6)."""
+
+    def test_node_exits_cleanly_when_launch_is_interrupted(self) -> None:
+        ros2 = shutil.which("ros2")
+        if ros2 is None:
+            self.skipTest("the ros2 command is not on PATH (source install/setup.bash)")
+        context = Context()
+        rclpy.init(context=context)
+        node = rclpy.create_node("fpseg_sigint_tester", context=context)
+        executor = SingleThreadedExecutor(context=context)
+        executor.add_node(node)
+        labels: list[Image] = []
+        reliable = QoSProfile(history=HistoryPolicy.KEEP_LAST, depth=10)
+        node.create_subscription(Image, f"/{SIGINT_NAMESPACE}/fpseg/labels", labels.append, reliable)
+        image_pub = node.create_publisher(Image, f"/{SIGINT_NAMESPACE}/camera/image", reliable)
+        frame = np.random.default_rng(3).integers(0, 256, (24, 32, 3), dtype=np.uint8)
+        log_path = WORKDIR / "sigint_launch.log"
+        command = [ros2, "launch", "fpseg_ros", "segment.launch.py", f"namespace:={SIGINT_NAMESPACE}",
+                   f"image:=/{SIGINT_NAMESPACE}/camera/image", f"params_file:={FILES['params']}",
+                   f"checkpoint:={FILES['checkpoint']}", "classes:=road,person"]
+        # Its own session: the process group of launch and its node, which the test signals like a terminal.
+        with open(log_path, "w") as log:
+            process = subprocess.Popen(command, stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
+
+        def stream_until(condition, timeout: float) -> bool:
+            deadline = time.monotonic() + timeout
+            while not condition() and time.monotonic() < deadline:
+                image_pub.publish(_image_message(node, frame))
+                executor.spin_once(timeout_sec=STREAM_PERIOD_S)
+            return condition()
+
+        try:
+            self.assertTrue(stream_until(lambda: len(labels) >= 3, TIMEOUT_S), "the node never answered")
+            os.killpg(process.pid, signal.SIGINT)  # Ctrl-C; frames keep coming while the node shuts down
+            self.assertTrue(stream_until(lambda: process.poll() is not None, EXIT_TIMEOUT_S),
+                            "ros2 launch did not exit after SIGINT")
+        finally:
+            if process.poll() is None:
+                os.killpg(process.pid, signal.SIGKILL)
+                process.wait()
+            executor.shutdown()
+            node.destroy_node()
+            rclpy.try_shutdown(context=context)
+        output = log_path.read_text()
+        self.assertNotIn("terminate called", output)
+        self.assertNotIn("process has died", output)  # launch's words for a non-zero exit status
+        self.assertNotIn("Traceback", output)
+        self.assertIn("process has finished cleanly", output)  # ... and for exit status 0
 
 
 @launch_testing.post_shutdown_test()

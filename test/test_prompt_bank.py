@@ -2,6 +2,10 @@
 
 from __future__ import annotations
 
+import os
+import stat
+from pathlib import Path
+
 import numpy as np
 import pytest
 import torch
@@ -79,6 +83,49 @@ def test_non_safetensors_file_is_refused(tmp_path) -> None:
         PromptBank.load(path)
     with pytest.raises(PromptBankError, match="does not exist"):
         PromptBank.load(tmp_path / "missing.safetensors")
+
+
+def test_construction_stores_float32_and_refuses_what_breaks_the_invariant() -> None:
+    half = torch.randn(1, 2, 256).half()
+    bank = PromptBank(["road"], half)
+    assert bank.embeddings.dtype == torch.float32 and torch.equal(bank.embeddings, half.float())
+    with pytest.raises(PromptBankError, match=r"^prompt bank: field 'prompt_embeddings' must be floating point"):
+        PromptBank(["road"], torch.zeros(1, 2, 256, dtype=torch.int64))
+    with pytest.raises(PromptBankError, match="field 'names' must be a list of class names, found a str 'ab'"):
+        PromptBank("ab", torch.zeros(2, 2, 256))
+    with pytest.raises(PromptBankError, match=r"field 'encoder' must be a string, found 3 \(int\)"):
+        PromptBank(["road"], torch.zeros(1, 2, 256), encoder=3)
+    with pytest.raises(PromptBankError, match="field 'extra' must be a dict of strings to strings"):
+        PromptBank(["road"], torch.zeros(1, 2, 256), extra={"epochs": 3})
+
+
+def test_merge_and_subset_keep_the_dtype_and_device_of_the_bank_they_start_from(tiny_model) -> None:
+    base = make_bank(tiny_model, ["road", "car"], seed=1)
+    update = PromptBank(["car"], torch.randn(1, 4, 256, dtype=torch.float64), "", base.decoder_fingerprint)
+    merged = base.merge(update)
+    assert merged.embeddings.dtype == torch.float32 and merged.embeddings.device == base.embeddings.device
+    assert torch.equal(merged.embeddings[0], base.embeddings[0])
+    assert merged.subset(["car"]).embeddings.dtype == torch.float32
+
+
+def test_save_is_atomic_and_uses_the_umask_mode(tiny_model, tmp_path, monkeypatch) -> None:
+    path = tmp_path / "bank.safetensors"
+    old_mask = os.umask(0o022)
+    try:
+        make_bank(tiny_model, ["road"], seed=1).save(path)
+    finally:
+        os.umask(old_mask)
+    assert stat.S_IMODE(path.stat().st_mode) == 0o644  # safetensors alone creates 0600 files
+    saved = path.read_bytes()
+
+    def interrupted(tensors, filename, metadata):
+        Path(filename).write_bytes(b"half a bank")
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr("fpseg_core.prompt_bank.save_file", interrupted)
+    with pytest.raises(KeyboardInterrupt):
+        make_bank(tiny_model, ["car"], seed=2).save(path)
+    assert path.read_bytes() == saved and [p.name for p in tmp_path.iterdir()] == ["bank.safetensors"]
 
 
 def test_palette_uses_cityscapes_colours_and_is_deterministic() -> None:

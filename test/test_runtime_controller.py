@@ -6,6 +6,7 @@ from __future__ import annotations
 import threading
 import time
 from pathlib import Path
+from types import SimpleNamespace
 
 import numpy as np
 import pytest
@@ -412,6 +413,84 @@ def test_worker_drops_stale_frames_under_overload(tiny_model: FPSeg) -> None:
     assert results[-1].stats.dropped_frames == 18
 
 
+def _wait_until(condition, timeout: float = WAIT_S) -> None:
+    deadline = time.monotonic() + timeout
+    while not condition():
+        assert time.monotonic() < deadline, "condition not reached in time"
+        time.sleep(0.005)
+
+
+def test_a_failing_publish_costs_that_frame_only(controller: SegmentationController) -> None:
+    """The publish callback raises on every third frame: the other frames are still published, each failed
+    publish is counted in failed_frames and goes to on_error, and the worker stays alive."""
+    calls: list[int] = []
+    published: list[FrameResult] = []
+    errors: list[BaseException] = []
+
+    def publish(result: FrameResult) -> None:
+        calls.append(result.stats.frame)
+        if len(calls) % 3 == 0:
+            raise RuntimeError("publisher's context is invalid")
+        published.append(result)
+
+    controller.start(publish, lambda rejection: pytest.fail(rejection.reason), errors.append)
+    frames = 9
+    try:
+        for sec in range(1, frames + 1):  # one at a time, so that none is dropped
+            assert controller.submit(image_message(random_pixels(8, 8, 3, seed=sec), "rgb8", sec=sec))
+            _wait_until(lambda n=sec: len(published) + len(errors) == n)
+        assert controller.alive and controller.death_cause is None
+    finally:
+        assert controller.stop(WAIT_S)
+    assert calls == list(range(1, frames + 1))
+    assert [r.header.stamp.sec for r in published] == [1, 2, 4, 5, 7, 8]
+    assert [str(e) for e in errors] == ["publisher's context is invalid"] * 3
+    assert controller.failed_frames == 3 and controller.dropped_frames == 0
+    assert [r.stats.failed_frames for r in published] == [0, 0, 1, 1, 2, 2]  # the stats say so as well
+
+
+class HeaderFails(SimpleNamespace):
+    """An image message whose header cannot be read: not malformed input, a failure of this frame."""
+
+    @property
+    def header(self) -> None:
+        raise RuntimeError("header unavailable")
+
+
+def test_a_failing_rejection_report_is_not_counted_twice(controller: SegmentationController) -> None:
+    errors: list[BaseException] = []
+
+    def report(rejection: Rejection) -> None:
+        raise RuntimeError("logger failed")
+
+    controller.start(lambda result: None, report, errors.append)
+    try:
+        bad = image_message(random_pixels(4, 4, 3), "rgb8")
+        bad.step = 5
+        assert controller.submit(bad)
+        _wait_until(lambda: len(errors) == 1)
+        fields = vars(image_message(random_pixels(4, 4, 3), "rgb8"))
+        assert controller.submit(HeaderFails(**{k: v for k, v in fields.items() if k != "header"}))
+        _wait_until(lambda: len(errors) == 2)
+        assert controller.alive
+    finally:
+        assert controller.stop(WAIT_S)
+    assert (controller.rejected_frames, controller.failed_frames) == (1, 1)
+
+
+def test_a_dead_inference_thread_is_reported_and_refuses_frames(controller: SegmentationController) -> None:
+    def publish(result: FrameResult) -> None:
+        raise SystemExit("a library called sys.exit on the inference thread")
+
+    assert not controller.alive and controller.death_cause is None
+    controller.start(publish, lambda rejection: pytest.fail(rejection.reason))
+    assert controller.submit(image_message(random_pixels(8, 8, 3), "rgb8"))
+    _wait_until(lambda: not controller.alive)
+    assert isinstance(controller.death_cause, SystemExit)
+    assert not controller.submit(image_message(random_pixels(8, 8, 3), "rgb8"))
+    assert controller.stop(WAIT_S)
+
+
 def test_mono8_frame_is_segmented_as_grey_rgb(controller: SegmentationController, tiny_model: FPSeg) -> None:
     grey = random_pixels(6, 9, 1, seed=8)
     threshold = probability_to_logit(LOW_THRESHOLD)
@@ -448,7 +527,7 @@ def test_load_pipeline_refuses_bad_settings(tiny_checkpoint: Path, options: dict
 def test_the_controller_runs_the_same_on_onnxruntime(tiny_checkpoint: Path, tiny_model: FPSeg, tmp_path: Path,
                                                     frame: np.ndarray) -> None:
     for module in ("onnx", "onnxruntime"):
-        pytest.importorskip(module, reason="the ONNX export and backend need the onnx extra (pip install .[onnx])")
+        pytest.importorskip(module, reason=f"{module} is not installed (it has no rosdep key): pip install '.[onnx]'")
     loaded = load_checkpoint(tiny_checkpoint)
     export_onnx(loaded.model, loaded.config, tmp_path / "onnx")
     pipeline = load_pipeline(str(tiny_checkpoint), backend="onnxruntime", engine_dir=str(tmp_path / "onnx"))

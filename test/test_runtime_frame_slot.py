@@ -129,3 +129,49 @@ def test_idle_consumer_processes_every_frame(frames: int) -> None:
         _wait_until(lambda n=frame: worker.processed == n + 1)
     assert worker.stop(WAIT_S)
     assert seen == list(range(frames)) and worker.dropped == 0
+
+
+class Fatal(BaseException):
+    """Not an Exception: nothing in the worker may swallow it, so it ends the thread."""
+
+
+@pytest.mark.parametrize("death", [Fatal("worker bug"), SystemExit(3), KeyboardInterrupt()])
+def test_a_dying_thread_is_detected_and_refuses_frames(death: BaseException) -> None:
+    seen: list[int] = []
+
+    def handler(item: int) -> None:
+        seen.append(item)
+        if item == 2:
+            raise death
+
+    worker = LatestFrameWorker(handler, name="fpseg-dying-worker")
+    worker.start()
+    assert worker.submit(1)
+    _wait_until(lambda: worker.processed == 1)
+    assert worker.alive and worker.death_cause is None
+    assert worker.submit(2)
+    _wait_until(lambda: not worker.alive)
+    assert worker.death_cause is death
+    assert not worker.submit(3)  # never accepted into a dead worker, never counted as dropped
+    assert worker.dropped == 0 and seen == [1, 2]
+    assert worker.stop(WAIT_S) and worker.death_cause is death
+
+
+def test_a_failing_error_callback_does_not_end_the_thread() -> None:
+    seen: list[int] = []
+
+    def handler(item: int) -> None:
+        seen.append(item)
+        raise RuntimeError(f"frame {item} failed")
+
+    def on_error(exc: BaseException) -> None:
+        raise OSError("the log is gone")
+
+    worker = LatestFrameWorker(handler, on_error=on_error)
+    worker.start()
+    for frame in range(3):
+        assert worker.submit(frame)
+        _wait_until(lambda n=frame: worker.processed == n + 1)
+    assert worker.alive and worker.death_cause is None and seen == [0, 1, 2]
+    assert worker.stop(WAIT_S)
+    assert not worker.alive and worker.death_cause is None  # stopped, not dead

@@ -1,14 +1,17 @@
 """Inference backends: where FPSeg's encoder and decoder run (PyTorch, ONNX Runtime, TensorRT).
 
-A backend does two things, on tensors that live on the pipeline's device:
+A backend does three things, on tensors that live on the pipeline's device:
 
     encode(image [1, 3, S, S] normalised)              -> embedding [1, 256, S/16, S/16]
     decode(embedding, prompt_tokens [N, P, 256])        -> low-resolution logits [1, N, S/4, S/4]
+    check_prompt_size(P)                                 refuses a bank its decoder cannot take
 
 Pre-processing and the label image (`FastLabeler`) stay in PyTorch on the pipeline's device, whatever the
-backend. On CPU, freed memory is kept for reuse (see `cpu_memory`). `auto` picks TensorRT where `engine_dir`
-holds engines and a GPU is usable, else ONNX Runtime where `engine_dir` holds an `fpseg export-onnx` folder,
-else PyTorch, and logs which one and why.
+backend. On CPU, freed memory is kept for reuse (see `cpu_memory`). ONNX Runtime and TensorRT refuse, when
+built, graphs or engines made from another model (see `fpseg_core.artifacts`). `auto` without `engine_dir`
+runs PyTorch; with one it picks TensorRT where the folder holds engines and a GPU is usable, else ONNX
+Runtime where it holds an export, and an `engine_dir` it cannot use is an error, never a quiet fallback
+to PyTorch. Both the device and the backend chosen are logged at INFO with the reason.
 """
 
 from __future__ import annotations
@@ -20,11 +23,17 @@ from typing import Protocol
 
 import torch
 
+from ..artifacts import ENGINE_SIDECAR, SIDECAR, ExportError, ModelIdentity, has_engines, has_onnx_export
+from ..constants import BACKENDS, DEVICE_FORMS, DEVICE_PATTERN
+from ..errors import FPSegError
 from ..modeling.fpseg import FPSegModel
 from .cpu_memory import keep_freed_memory
 
-BACKENDS = ("auto", "torch", "onnxruntime", "tensorrt")
 LOGGER = logging.getLogger("fpseg")
+
+
+class DeviceError(FPSegError, ValueError):
+    """A device string that names no device, or a device this machine does not have."""
 
 
 class Backend(Protocol):
@@ -36,27 +45,74 @@ class Backend(Protocol):
 
     def decode(self, embedding: torch.Tensor, prompt_tokens: torch.Tensor) -> torch.Tensor: ...
 
+    def check_prompt_size(self, prompt_size: int) -> None: ...
+
+
+def resolve_device(device: str | torch.device) -> torch.device:
+    """'auto' -> cuda where torch can use a GPU, else cpu (logged at INFO with the reason); 'cpu', 'cuda',
+    'cuda:N' and 'mps' are checked against this machine, so a missing GPU is an error at start, not a slow
+    run; anything else is a DeviceError (also a ValueError) with a one-line message."""
+    if str(device) == "auto":
+        available = torch.cuda.is_available()
+        chosen = torch.device("cuda" if available else "cpu")
+        LOGGER.info("device auto -> %s (torch.cuda.is_available() is %s)", chosen, available)
+        return chosen
+    if not DEVICE_PATTERN.fullmatch(str(device)):
+        raise DeviceError(f"device {str(device)!r} is not a device; use {DEVICE_FORMS}")
+    resolved = torch.device(device)
+    if resolved.type == "mps" and not torch.backends.mps.is_available():
+        raise DeviceError(f"device {str(device)!r} was asked for, but torch.backends.mps.is_available() is False "
+                          "here; use device cpu")
+    if resolved.type == "cuda":
+        if not torch.cuda.is_available():
+            raise DeviceError(f"device {str(device)!r} was asked for, but torch can use no CUDA GPU here "
+                              "(torch.cuda.is_available() is False); use device cpu, or auto to take a GPU "
+                              "only where there is one")
+        count = torch.cuda.device_count()
+        if resolved.index is not None and resolved.index >= count:
+            raise DeviceError(f"device {str(device)!r} does not exist: this machine has {count} CUDA GPU(s), "
+                              f"cuda:0 to cuda:{count - 1}")
+    return resolved
+
 
 def choose_backend(requested: str, device: torch.device, engine_dir: str | Path | None) -> tuple[str, str]:
-    """(backend name, reason): `requested` unless it is 'auto', which picks what can run here."""
+    """(backend name, reason): `requested` unless it is 'auto', which picks what can run here.
+
+    'auto' runs torch only when no `engine_dir` is given; an `engine_dir` that is missing or holds nothing
+    that can run on `device` raises ExportError saying why.
+    """
     if requested not in BACKENDS:
         raise ValueError(f"backend must be one of {', '.join(BACKENDS)}, got {requested!r}")
     if requested != "auto":
         return requested, "requested"
-    from ..export.onnx_export import has_engines, has_onnx_export
-
     if engine_dir is None:
         return "torch", "no engine_dir given (export one with `fpseg export-onnx`)"
     folder = Path(engine_dir)
-    if has_engines(folder) and device.type == "cuda" and _importable("tensorrt"):
-        return "tensorrt", f"TensorRT engines in {folder} and a GPU"
-    if has_onnx_export(folder) and _importable("onnxruntime"):
-        if device.type == "cpu" or _onnxruntime_has_cuda():
-            return "onnxruntime", f"ONNX export in {folder}"
-        return "torch", f"ONNX Runtime has no CUDA provider here and {device} is a GPU"
     if not folder.is_dir():
-        return "torch", f"engine_dir {folder} does not exist"
-    return "torch", f"{folder} holds no usable ONNX export or TensorRT engines"
+        raise ExportError(f"engine_dir {folder} does not exist; pass the folder written by `fpseg export-onnx` "
+                          "(or `fpseg build-engine`), or no engine_dir to run torch")
+    refused = []
+    if has_engines(folder):
+        if device.type != "cuda":
+            refused.append(f"its TensorRT engines need a CUDA device, not {device}")
+        elif not _importable("tensorrt"):
+            refused.append("it holds TensorRT engines but the tensorrt package is not installed")
+        else:
+            return "tensorrt", f"TensorRT engines in {folder} and a GPU"
+    if has_onnx_export(folder):
+        if not _importable("onnxruntime"):
+            refused.append("it holds an ONNX export but onnxruntime is not installed (pip install "
+                           "'fpseg_ros[onnx]')")
+        elif device.type == "cuda" and not _onnxruntime_has_cuda():
+            refused.append(f"it holds an ONNX export but this onnxruntime has no CUDA provider for {device} "
+                           "(pip install onnxruntime-gpu, or build TensorRT engines with `fpseg build-engine`)")
+        else:
+            return "onnxruntime", f"ONNX export in {folder}"
+    if not refused:
+        refused.append(f"it holds neither {SIDECAR} (`fpseg export-onnx`) nor {ENGINE_SIDECAR} "
+                       "(`fpseg build-engine`)")
+    raise ExportError(f"backend auto cannot use engine_dir {folder}: {'; '.join(refused)}; fix that, or pass "
+                      "no engine_dir to run torch")
 
 
 def create_backend(
@@ -64,20 +120,21 @@ def create_backend(
     model: FPSegModel,
     device: torch.device,
     engine_dir: str | Path | None = None,
-    fingerprint: str = "",
+    *,
+    input_mode: str,
     dtype: str = "fp32",
 ) -> Backend:
     """The backend `name` ('auto' resolved by `choose_backend`) for `model` on `device`.
 
-    ONNX Runtime and TensorRT run the graphs in `engine_dir` and refuse ones exported from a decoder other
-    than `fingerprint`'s; `dtype` (fp32, fp16, bf16) applies to the torch backend.
+    ONNX Runtime and TensorRT run the graphs in `engine_dir` and refuse ones made from another model, for
+    another image size or for another `input_mode` than this pipeline's; `dtype` (fp32, fp16, bf16)
+    applies to the torch backend.
     """
     chosen, reason = choose_backend(name, device, engine_dir)
     if device.type == "cpu":
         keep_freed_memory()
     if name == "auto":
-        log = LOGGER.warning if engine_dir is not None and chosen == "torch" else LOGGER.info
-        log("backend auto -> %s (%s)", chosen, reason)
+        LOGGER.info("backend auto -> %s (%s)", chosen, reason)
     if chosen != "torch" and engine_dir is None:
         raise ValueError(f"backend {chosen!r} needs engine_dir (an `fpseg export-onnx` / `build-engine` folder)")
     if chosen == "torch":
@@ -87,13 +144,14 @@ def create_backend(
     if dtype != "fp32":
         raise ValueError(f"dtype {dtype!r} applies to the torch backend; for {chosen} it is fixed at export / "
                          "engine build time (build-engine --fp16)")
+    identity = ModelIdentity.of(model, input_mode)
     if chosen == "onnxruntime":
         from .onnxruntime_backend import OnnxRuntimeBackend
 
-        return OnnxRuntimeBackend(Path(engine_dir), device, fingerprint)
+        return OnnxRuntimeBackend(Path(engine_dir), device, identity)
     from .tensorrt_backend import TensorRTBackend
 
-    return TensorRTBackend(Path(engine_dir), device, fingerprint)
+    return TensorRTBackend(Path(engine_dir), device, identity)
 
 
 def _importable(module: str) -> bool:

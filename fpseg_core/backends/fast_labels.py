@@ -28,7 +28,7 @@ from functools import lru_cache
 import torch
 import torch.nn.functional as F
 
-from ..fusion import FUSIONS, Fusion
+from ..constants import FUSIONS, MAX_CLASSES, Fusion
 from ..preprocess import Geometry
 
 # Relative slack for the class-skipping test when the threshold is not 0 (two interpolation stages whose
@@ -114,8 +114,8 @@ class FastLabeler:
             raise ValueError(f"fusion must be one of {', '.join(FUSIONS)}, got {fusion!r}")
         if low_res.ndim != 3 or low_res.shape[0] != len(bank_ids):
             raise ValueError(f"expected logits [{len(bank_ids)}, h, w], got {list(low_res.shape)}")
-        if max(bank_ids) >= 255:
-            raise ValueError("label images are uint8: bank indices must be below 255")
+        if max(bank_ids) >= MAX_CLASSES:
+            raise ValueError(f"label values stop at {MAX_CLASSES}: bank indices must be below {MAX_CLASSES}")
         device = low_res.device
         low_res = low_res.float()
         ids = torch.as_tensor(list(bank_ids), dtype=torch.int64, device=device)

@@ -2,9 +2,10 @@
 
 Engines are built on the target device from an `fpseg export-onnx` folder: the decoder engine has an
 optimisation profile over the class axis N (1..max_classes), so changing or adding classes never needs a
-rebuild. I/O buffers are torch CUDA tensors (no pycuda). `fpseg_engines.json` records the TensorRT version,
-the decoder fingerprint and the profile; engines built by another TensorRT version or for another decoder
-are refused.
+rebuild. I/O buffers are torch CUDA tensors (no pycuda). `fpseg_engines.json` (written last; format and
+checks in `fpseg_core.artifacts`) records the TensorRT version, the class range, each engine's size and
+sha256 and the ONNX manifest the engines were built from; engines built by another TensorRT version, for
+another model, or changed since are refused.
 """
 
 from __future__ import annotations
@@ -17,11 +18,23 @@ from typing import Any
 
 import torch
 
+from ..artifacts import (
+    ENGINE_FILES,
+    ENGINE_FORMAT,
+    ENGINE_OUTPUTS,
+    ENGINE_SIDECAR,
+    ExportError,
+    ModelIdentity,
+    check_model,
+    check_outputs,
+    check_prompt_size,
+    file_entry,
+    read_engine_sidecar,
+    read_sidecar,
+)
 from ..errors import FPSegError
-from ..export.onnx_export import ENGINE_SIDECAR, ExportError, check_fingerprint, read_sidecar
+from ..files import atomic_write_bytes, atomic_write_text
 
-ENGINE_FORMAT = "fpseg-tensorrt-engines/1"
-ENGINE_FILES = {"encoder": "encoder.engine", "decoder": "decoder.engine"}
 TIMING_CACHE = "timing.cache"
 BUILD_LOG = "build.log"
 DEFAULT_MAX_CLASSES = 33
@@ -63,18 +76,23 @@ def build_engines(
     fp16: bool = False,
     max_classes: int = DEFAULT_MAX_CLASSES,
     workspace_gib: float = DEFAULT_WORKSPACE_GIB,
+    overwrite: bool = False,
 ) -> dict[str, Any]:
     """Build encoder.engine and decoder.engine from the graphs in `onnx_dir` into `out_dir`.
 
-    The timing cache `out_dir/timing.cache` is read if present and written back, so rebuilds are fast; the
-    builder's log is kept in `out_dir/build.log`. Returns the engine sidecar.
+    Engines already in `out_dir` are refused unless `overwrite` (`--overwrite`). Each engine is written
+    atomically and the engine sidecar last, after the old one was removed. The timing cache
+    `out_dir/timing.cache` is read if present and written back, so rebuilds are fast; the builder's log is
+    kept in `out_dir/build.log`. Returns the engine sidecar.
     """
-    trt = require_tensorrt()
     onnx_dir, out_dir = Path(onnx_dir), Path(out_dir)
     sidecar = read_sidecar(onnx_dir)
     if not 1 <= max_classes <= sidecar["max_classes"]:
         raise ValueError(f"max_classes must be in 1..{sidecar['max_classes']}, got {max_classes}")
+    check_outputs(out_dir, ENGINE_OUTPUTS, overwrite)
+    trt = require_tensorrt()
     out_dir.mkdir(parents=True, exist_ok=True)
+    (out_dir / ENGINE_SIDECAR).unlink(missing_ok=True)  # until the new sidecar is written, these are no engines
     log_lines: list[str] = []
     logger = _logger(trt, log_lines)
     builder = trt.Builder(logger)
@@ -93,7 +111,7 @@ def build_engines(
         for role, inputs in shapes.items():
             network = builder.create_network(0)  # explicit batch is the only mode in TensorRT 10
             parser = trt.OnnxParser(network, logger)
-            if not parser.parse_from_file(str(onnx_dir / sidecar["files"][role])):
+            if not parser.parse_from_file(str(onnx_dir / sidecar["files"][role]["name"])):
                 errors = "; ".join(str(parser.get_error(i)) for i in range(parser.num_errors))
                 raise FPSegError(f"TensorRT could not parse {role}.onnx: {errors}")
             config = builder.create_builder_config()
@@ -110,39 +128,22 @@ def build_engines(
             serialized = builder.build_serialized_network(network, config)
             if serialized is None:
                 raise FPSegError(f"TensorRT failed to build the {role} engine; see {out_dir / BUILD_LOG}")
-            (out_dir / ENGINE_FILES[role]).write_bytes(bytes(serialized))
+            atomic_write_bytes(out_dir / ENGINE_FILES[role], bytes(serialized))
             log_lines.append(f"[fpseg] built {role} engine in {time.perf_counter() - started:.1f} s")
             cache_bytes = bytes(config.get_timing_cache().serialize())
-            cache_path.write_bytes(cache_bytes)
+            atomic_write_bytes(cache_path, cache_bytes)
     finally:
-        (out_dir / BUILD_LOG).write_text("\n".join(log_lines) + "\n")
+        atomic_write_text(out_dir / BUILD_LOG, "\n".join(log_lines) + "\n")
     engines = {
         "format": ENGINE_FORMAT,
         "tensorrt_version": trt.__version__,
         "gpu": torch.cuda.get_device_name(),
         "fp16": fp16,
         "max_classes": max_classes,
-        "decoder_fingerprint": sidecar["decoder_fingerprint"],
-        "files": ENGINE_FILES,
+        "files": {role: file_entry(out_dir / name) for role, name in ENGINE_FILES.items()},
         "onnx": sidecar,
     }
-    (out_dir / ENGINE_SIDECAR).write_text(json.dumps(engines, indent=2) + "\n")
-    return engines
-
-
-def read_engine_sidecar(folder: Path, trt_version: str, fingerprint: str) -> dict[str, Any]:
-    """The engine sidecar, refusing engines of another TensorRT version or decoder."""
-    path = folder / ENGINE_SIDECAR
-    if not path.is_file():
-        raise ExportError(f"{folder} has no {ENGINE_SIDECAR}; build engines with "
-                          f"`fpseg build-engine --onnx ONNX_DIR --out {folder}`")
-    engines = json.loads(path.read_text())
-    if engines.get("format") != ENGINE_FORMAT:
-        raise ExportError(f"{path} is not an {ENGINE_FORMAT} sidecar; build the engines again")
-    if engines["tensorrt_version"] != trt_version:
-        raise ExportError(f"the engines in {folder} were built with TensorRT {engines['tensorrt_version']}, "
-                          f"this is TensorRT {trt_version}; rebuild them with `fpseg build-engine`")
-    check_fingerprint(engines, fingerprint, folder)
+    atomic_write_text(out_dir / ENGINE_SIDECAR, json.dumps(engines, indent=2) + "\n")
     return engines
 
 
@@ -154,22 +155,28 @@ class TensorRTBackend:
 
     name = "tensorrt"
 
-    def __init__(self, folder: Path, device: torch.device, fingerprint: str = "") -> None:
+    def __init__(self, folder: Path, device: torch.device, identity: ModelIdentity) -> None:
         trt = require_tensorrt()
         if device.type != "cuda":
             raise FPSegError(f"the tensorrt backend runs on a CUDA device, not {device}; pass device='cuda'")
         self.device = device
-        self.engines = read_engine_sidecar(folder, trt.__version__, fingerprint)
-        self.prompt_size = self.engines["onnx"]["prompt_size"]
+        self.folder = Path(folder)
+        self.engines = read_engine_sidecar(self.folder, trt.__version__)
+        check_model(self.engines, identity, self.folder)
         self.max_classes = self.engines["max_classes"]
         self._runtime = trt.Runtime(trt.Logger(trt.Logger.WARNING))
         self._trt = trt
         self._contexts = {}
-        for role, name in self.engines["files"].items():
-            engine = self._runtime.deserialize_cuda_engine((folder / name).read_bytes())
+        for role, entry in self.engines["files"].items():
+            path = self.folder / entry["name"]
+            engine = self._runtime.deserialize_cuda_engine(path.read_bytes())
             if engine is None:
-                raise ExportError(f"TensorRT could not load {folder / name}; rebuild it with `fpseg build-engine`")
+                raise ExportError(f"TensorRT could not load {path}; rebuild it with `fpseg build-engine --overwrite`")
             self._contexts[role] = (engine, engine.create_execution_context())
+
+    def check_prompt_size(self, prompt_size: int) -> None:
+        """Refuse a bank of another prompt size than the engines take (ExportError)."""
+        check_prompt_size(self.engines, prompt_size, self.folder)
 
     def _run(self, role: str, inputs: dict[str, torch.Tensor]) -> torch.Tensor:
         engine, context = self._contexts[role]
@@ -192,9 +199,7 @@ class TensorRTBackend:
         return self._run("encoder", {"image": image})
 
     def decode(self, embedding: torch.Tensor, prompt_tokens: torch.Tensor) -> torch.Tensor:
-        if prompt_tokens.shape[1] != self.prompt_size:
-            raise ValueError(f"the engines take {self.prompt_size} prompt tokens per class, "
-                             f"got {prompt_tokens.shape[1]}")
+        self.check_prompt_size(prompt_tokens.shape[1])
         embedding = embedding.to(self.device, torch.float32).contiguous()
         prompt_tokens = prompt_tokens.to(self.device, torch.float32)
         parts = [self._run("decoder", {"image_embeddings": embedding,

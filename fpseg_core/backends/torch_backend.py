@@ -36,6 +36,9 @@ class TorchBackend:
         self.model = model.to(memory_format=self.memory_format).eval()
         self.decoder = FastMaskDecoder(self.model, class_chunk)
 
+    def check_prompt_size(self, prompt_size: int) -> None:
+        """Any prompt size: the model's decoder takes any number of prompt tokens per class."""
+
     @torch.inference_mode()
     def encode(self, image: torch.Tensor) -> torch.Tensor:
         image = image.to(self.device, self.dtype).contiguous(memory_format=self.memory_format)

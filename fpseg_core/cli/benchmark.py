@@ -24,11 +24,14 @@ import numpy as np
 import torch
 from tqdm import tqdm
 
-from .. import __version__
+from .._version import __version__
 from ..backends.cpu_memory import keep_freed_memory
+from ..constants import DEVICE_FORMS
+from ..files import atomic_path, atomic_write_text, check_output
 from ..modeling.build import ENCODERS, FPSegConfig, tiny_config
 from ..predictor import STAGES, FPSeg, Segmentation
-from .common import add_backend_arguments
+from ..training.config import device_type
+from .common import add_backend_arguments, add_overwrite_argument
 
 RANDOM_NOTE = "random weights (timing only; labels are meaningless)"
 TOTAL = "total"
@@ -43,7 +46,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     parser.add_argument("--encoder", choices=ENCODERS,
                         help="encoder of the random network (default mobilesam), or the one a checkpoint must have")
     parser.add_argument("--tiny", action="store_true", help="a tiny random network (smoke tests)")
-    parser.add_argument("--device", default="cpu")
+    parser.add_argument("--device", type=device_type, default="cpu", help=f"{DEVICE_FORMS} (default: cpu)")
     add_backend_arguments(parser)
     parser.add_argument("--classes", default="1,2,5,10,19,33", help="comma-separated class counts")
     parser.add_argument("--prompt-sizes", default="8,16,32,64", help="comma-separated prompt sizes")
@@ -58,6 +61,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--json", type=Path, help="write all results here")
     parser.add_argument("--plot", type=Path, help="write latency vs classes (PNG) here")
+    add_overwrite_argument(parser)
     parser.set_defaults(func=run)
 
 
@@ -137,6 +141,8 @@ def _time_point(model: FPSeg, image: np.ndarray, classes: list[str], args: argpa
 def run(args: argparse.Namespace) -> int:
     class_counts = _int_list(args.classes, "classes")
     prompt_sizes = _int_list(args.prompt_sizes, "prompt-sizes")
+    for output in filter(None, (args.json, args.plot)):
+        check_output(output, args.overwrite)
     if args.threads:
         torch.set_num_threads(args.threads)
     random_weights = args.checkpoint is None
@@ -170,8 +176,7 @@ def run(args: argparse.Namespace) -> int:
               "per_class_ms": _per_class(results, prompt_sizes, args.baseline)}
     print(_table(report))
     if args.json:
-        args.json.parent.mkdir(parents=True, exist_ok=True)
-        args.json.write_text(json.dumps(report, indent=2) + "\n")
+        atomic_write_text(args.json, json.dumps(report, indent=2) + "\n")
         print(f"wrote {args.json}")
     if args.plot:
         plot(report, args.plot)
@@ -274,6 +279,6 @@ def plot(report: dict[str, Any], path: Path) -> None:
     axes.grid(alpha=0.3)
     axes.legend(fontsize=8)
     figure.tight_layout()
-    path.parent.mkdir(parents=True, exist_ok=True)
-    figure.savefig(path, dpi=120)
+    with atomic_path(path) as tmp:
+        figure.savefig(tmp, dpi=120, format="png")
     plt.close(figure)

@@ -7,11 +7,13 @@ import sys
 import warnings
 from pathlib import Path
 
-from ..backends import BACKENDS
 from ..backends.torch_backend import DTYPES
+from ..constants import BACKENDS, DEVICE_FORMS
+from ..files import OutputExistsError
 from ..modeling.build import ENCODERS, tiny_config
 from ..predictor import FPSeg
 from ..preprocess import INPUT_MODES
+from ..training.config import device_type
 
 RANDOM_WARNING = "WARNING: --random-weights: the network is random, its labels mean nothing (smoke tests / timing)"
 
@@ -26,7 +28,7 @@ def add_model_arguments(parser: argparse.ArgumentParser) -> None:
     group.add_argument("--encoder", choices=ENCODERS, help="refuse a checkpoint of another encoder")
     group.add_argument("--random-weights", action="store_true",
                        help="no checkpoint: a small random network (prints a warning; for smoke tests)")
-    group.add_argument("--device", default="cpu", help="cpu, cuda or cuda:N")
+    group.add_argument("--device", type=device_type, default="cpu", help=f"{DEVICE_FORMS} (default: cpu)")
     group.add_argument("--input-mode", choices=INPUT_MODES, default="squash",
                        help="squash the image to the encoder size (FPSeg) or letterbox it (SAM)")
     group.add_argument("--fusion", choices=("argmax", "priority"), default="argmax")
@@ -64,3 +66,20 @@ def parse_class_list(text: str | None) -> list[str] | None:
     if text is None:
         return None
     return [name.strip() for name in text.split(",") if name.strip()]
+
+
+OVERWRITE_HELP = "replace outputs that already exist (default: refuse them, exit code 2)"
+RUN_OVERWRITE_HELP = ("start over in an --out that holds a previous run: its outputs are deleted first (default: "
+                      "refuse it; --resume continues it)")
+
+
+def add_overwrite_argument(parser: argparse.ArgumentParser, help: str = OVERWRITE_HELP) -> None:
+    """--overwrite: the one switch every writing command takes to replace existing outputs."""
+    parser.add_argument("--overwrite", action="store_true", help=help)
+
+
+def check_output_folder(path: Path, flag: str = "--out") -> Path:
+    """Refuse an output folder that names an existing file (before any work is done); returns `path`."""
+    if path.exists() and not path.is_dir():
+        raise OutputExistsError(f"{flag} {path} is a file, but a folder is expected there; choose another {flag}")
+    return path

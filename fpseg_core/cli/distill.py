@@ -3,10 +3,12 @@
 from __future__ import annotations
 
 import argparse
+from pathlib import Path
 
 from ..training.config import add_config_arguments, resolve_config
 from ..training.distill import CHECKPOINT_FILE, DistillConfig, distill
 from ..training.distributed import is_main_process, shutdown_distributed
+from .common import RUN_OVERWRITE_HELP, add_overwrite_argument, check_output_folder
 
 
 def register(subparsers: argparse._SubParsersAction) -> None:
@@ -15,16 +17,19 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         description="Encoder distillation: a MobileSAM (TinyViT) student learns the teacher SAM encoder's "
                     "embeddings (MSE), from teacher embeddings precomputed with `fpseg precompute` or computed "
                     "on the fly. Keeps the checkpoint with the lowest validation MSE (student encoder + the "
-                    "teacher's decoder, so the teacher's prompt banks fit). Runs under torchrun.",
+                    "teacher's decoder, so the teacher's prompt banks fit). An --out holding a previous run is refused "
+                    "unless --resume or --overwrite. Runs under torchrun.",
     )
     add_config_arguments(parser, DistillConfig)
+    add_overwrite_argument(parser, RUN_OVERWRITE_HELP)
     parser.set_defaults(func=run)
 
 
 def run(args: argparse.Namespace) -> int:
     config = resolve_config(DistillConfig, args)
+    check_output_folder(Path(config.out))
     try:
-        out = distill(config)
+        out = distill(config, overwrite=args.overwrite)
     finally:
         shutdown_distributed()
     if is_main_process():

@@ -3,10 +3,13 @@
 from __future__ import annotations
 
 import argparse
+from pathlib import Path
 
 from ..evaluation.evaluate import EvalConfig, evaluate
+from ..evaluation.metrics import check_report_folder
 from ..training.config import add_config_arguments, resolve_config
 from ..training.distributed import shutdown_distributed
+from .common import add_overwrite_argument, check_output_folder
 
 
 def register(subparsers: argparse._SubParsersAction) -> None:
@@ -15,14 +18,17 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         description="Evaluate a checkpoint and prompt bank on a dataset split: the paper's class-wise binary "
                     "IoU, and on Cityscapes the 19-class mIoU as cityscapesScripts computes it. Uses "
                     "precomputed --embeddings, or encodes the split into <out>/embeddings first. Writes "
-                    "results.json, results.md and confusion.png to --out.",
+                    "results.json, results.md and confusion.png to --out (refused where a report exists, unless "
+                    "--overwrite).",
     )
     add_config_arguments(parser, EvalConfig)
+    add_overwrite_argument(parser)
     parser.set_defaults(func=run)
 
 
 def run(args: argparse.Namespace) -> int:
     config = resolve_config(EvalConfig, args)
+    check_report_folder(check_output_folder(Path(config.out)), args.overwrite)
     try:
         result = evaluate(config)
     finally:

@@ -7,8 +7,9 @@ import math
 from pathlib import Path
 
 from ..cityscapes import TRAIN_ID_NAMES
+from ..evaluation.metrics import check_report_folder
 from ..replay.conventions import GT_TOPIC, IMAGE_TOPIC, LABEL_INFO_TOPIC, LABELS_TOPIC, STATS_TOPIC
-from .common import add_model_arguments, load_model, parse_class_list
+from .common import add_model_arguments, add_overwrite_argument, check_output_folder, load_model, parse_class_list
 
 
 def register(subparsers: argparse._SubParsersAction) -> None:
@@ -21,11 +22,12 @@ def register(subparsers: argparse._SubParsersAction) -> None:
             "--recorded: score the labels a running node published, from a bag recorded with "
             f"`ros2 bag record {LABELS_TOPIC} {LABEL_INFO_TOPIC} {STATS_TOPIC} {GT_TOPIC}`. Writes the "
             "report of `fpseg eval-labels` (results.json, results.md, confusion.png) plus frame counts "
-            "and latency."
+            "and latency (refused where a report exists, unless --overwrite)."
         ),
     )
     parser.add_argument("bag", type=Path, metavar="BAG", help="rosbag2 folder (mcap or sqlite3)")
     parser.add_argument("--out", type=Path, required=True, help="report folder")
+    add_overwrite_argument(parser)
     parser.add_argument("--title", help="report title (default: derived from the bag and mode)")
     parser.add_argument("--recorded", action="store_true",
                         help="score the node output recorded in BAG instead of running a model")
@@ -47,6 +49,7 @@ def run(args: argparse.Namespace) -> int:
     from ..replay.evaluator import write_stream_report
     from ..replay.offline import evaluate_bag, evaluate_recorded_bag
 
+    check_report_folder(check_output_folder(args.out), args.overwrite)
     if args.recorded:
         result = evaluate_recorded_bag(args.bag, args.labels_topic, args.label_info_topic, args.stats_topic,
                                        args.gt_topic, args.max_pending)

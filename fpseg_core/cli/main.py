@@ -11,6 +11,14 @@ from ..errors import FPSegError
 # Subcommand modules in fpseg_core/cli/, in the order `fpseg --help` lists them.
 COMMAND_MODULES = ("segment", "info", "prompts", "bag_from_cityscapes", "eval_bag", "precompute", "train",
                    "distill", "eval", "eval_labels", "export_onnx", "build_engine", "benchmark")
+# What to do about an OSError on a path the user gave, by kind (the first match wins).
+OS_ERROR_HINTS: dict[type[OSError], str] = {
+    FileNotFoundError: "check the path",
+    FileExistsError: "a file is in the way: remove it or choose another path",
+    NotADirectoryError: "a part of the path is a file, not a folder: choose another path",
+    IsADirectoryError: "it is a folder: give a file path",
+    PermissionError: "check its permissions (ls -l) or choose another path",
+}
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -23,12 +31,28 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+def os_error_message(exc: OSError) -> str:
+    """One line for an OSError the system raised: the path, the reason and what to do about it."""
+    if exc.filename is None:  # raised by the project with its own message, e.g. FileNotFoundError("image x ...")
+        return str(exc)
+    path = exc.filename if exc.filename2 is None else f"{exc.filename} -> {exc.filename2}"
+    hint = next((text for kind, text in OS_ERROR_HINTS.items() if isinstance(exc, kind)), "")
+    return f"{path}: {exc.strerror or exc}" + (f"; {hint}" if hint else "")
+
+
 def main(argv: list[str] | None = None) -> int:
+    """Run one subcommand; a user's mistake (FPSegError, a bad value or key, an unusable path) ends in one line
+    `fpseg <command>: error: ...` on stderr and exit code 2. Programming errors keep their traceback."""
     args = build_parser().parse_args(argv)
     try:
         return int(args.func(args) or 0)
-    except (FPSegError, KeyError, ValueError, FileNotFoundError) as exc:
-        message = exc.args[0] if isinstance(exc, KeyError) and exc.args else exc
+    except (FPSegError, KeyError, ValueError, OSError) as exc:
+        if isinstance(exc, KeyError) and exc.args:
+            message = exc.args[0]
+        elif isinstance(exc, OSError) and not isinstance(exc, FPSegError):
+            message = os_error_message(exc)
+        else:
+            message = exc
         print(f"fpseg {args.command}: error: {message}", file=sys.stderr)
         return 2
 

@@ -3,10 +3,12 @@
 from __future__ import annotations
 
 import argparse
+from pathlib import Path
 
 from ..training.config import add_config_arguments, resolve_config
 from ..training.distributed import is_main_process, shutdown_distributed
 from ..training.precompute import PrecomputeConfig, precompute
+from .common import check_output_folder
 
 
 def register(subparsers: argparse._SubParsersAction) -> None:
@@ -22,6 +24,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
 
 def run(args: argparse.Namespace) -> int:
     config = resolve_config(PrecomputeConfig, args)
+    check_output_folder(Path(config.out))
     try:
         store = precompute(config)
     finally:

@@ -6,7 +6,8 @@ import argparse
 from pathlib import Path
 
 from ..checkpoint import load_checkpoint
-from .common import parse_class_list
+from ..files import check_output
+from .common import add_overwrite_argument, parse_class_list
 
 
 def register(subparsers: argparse._SubParsersAction) -> None:
@@ -14,12 +15,15 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     actions = parser.add_subparsers(dest="action", required=True, metavar="ACTION")
     extract = actions.add_parser("extract", help="write a checkpoint's prompts as a named .safetensors bank")
     extract.add_argument("checkpoint", type=Path)
-    extract.add_argument("-o", "--out", type=Path, required=True)
+    extract.add_argument("-o", "--out", type=Path, required=True,
+                         help="bank to write (never the checkpoint itself; an existing file needs --overwrite)")
     extract.add_argument("--names", help="comma-separated row names (default: the published 33 Cityscapes)")
+    add_overwrite_argument(extract)
     extract.set_defaults(func=run_extract)
 
 
 def run_extract(args: argparse.Namespace) -> int:
+    check_output(args.out, args.overwrite, inputs=[args.checkpoint])
     loaded = load_checkpoint(args.checkpoint, class_names=parse_class_list(args.names))
     if loaded.bank is None:
         raise ValueError(f"{args.checkpoint} is an official SAM / MobileSAM checkpoint: it has no trained prompts")

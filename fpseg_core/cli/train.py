@@ -3,10 +3,12 @@
 from __future__ import annotations
 
 import argparse
+from pathlib import Path
 
 from ..training.config import add_config_arguments, resolve_config
 from ..training.distributed import is_main_process, shutdown_distributed
 from ..training.prompt_tuning import BANK_FILE, TrainConfig, train
+from .common import RUN_OVERWRITE_HELP, add_overwrite_argument, check_output_folder
 
 
 def register(subparsers: argparse._SubParsersAction) -> None:
@@ -14,18 +16,21 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         "train", help="prompt tuning on precomputed embeddings (or prompt transfer of new classes)",
         description="Tune per-class prompt tokens against a frozen FPSeg / SAM / MobileSAM model on "
                     "embeddings from `fpseg precompute`. Writes prompts.safetensors (best validation binary "
-                    "IoU), state.pt (for --resume), config.yaml and CSV logs to --out. With --new-classes and "
+                    "IoU), state.pt (for --resume), config.yaml and CSV logs to --out; an --out holding a previous run "
+                    "is refused unless --resume or --overwrite. With --new-classes and "
                     "--bank, only the new classes are tuned and merged into the deployed bank. Runs under "
                     "torchrun.",
     )
     add_config_arguments(parser, TrainConfig)
+    add_overwrite_argument(parser, RUN_OVERWRITE_HELP)
     parser.set_defaults(func=run)
 
 
 def run(args: argparse.Namespace) -> int:
     config = resolve_config(TrainConfig, args)
+    check_output_folder(Path(config.out))
     try:
-        out = train(config)
+        out = train(config, overwrite=args.overwrite)
     finally:
         shutdown_distributed()
     if is_main_process():

@@ -9,8 +9,10 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
-from PIL import Image
 from tqdm import tqdm
+
+from ..files import atomic_write_text
+from ..image_io import read_image
 
 PRESENCE_CACHE_FORMAT = "fpseg-presence/1"
 
@@ -25,9 +27,8 @@ class Frame:
 
 
 def read_rgb(path: Path) -> np.ndarray:
-    """An image file as H x W x 3 uint8 RGB."""
-    with Image.open(path) as image:
-        return np.array(image.convert("RGB"))
+    """An image file as H x W x 3 uint8 RGB (`fpseg_core.image_io.read_image`: 16-bit images scaled, not clipped)."""
+    return read_image(path)
 
 
 class SegmentationDataset:
@@ -94,9 +95,7 @@ class SegmentationDataset:
             for i, values in zip(todo, scanned, strict=True):
                 cached[self.frames[i].key] = {"signature": signatures[i], "values": values}
             if cache_path is not None:
-                cache_path.parent.mkdir(parents=True, exist_ok=True)
-                tmp = cache_path.with_suffix(f".{os.getpid()}.tmp")  # ranks may write at once
-                tmp.write_text(json.dumps({"format": PRESENCE_CACHE_FORMAT, "frames": cached}))
-                tmp.replace(cache_path)
+                # each rank's own temporary file: ranks may write at once
+                atomic_write_text(cache_path, json.dumps({"format": PRESENCE_CACHE_FORMAT, "frames": cached}))
         rows = [self.presence_from_values(cached[f.key]["values"]) for f in self.frames]
         return np.stack(rows).astype(bool) if rows else np.zeros((0, len(self.class_names)), dtype=bool)

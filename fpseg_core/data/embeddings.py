@@ -7,7 +7,6 @@ root/<split>/<frame key>.safetensors    tensor "embedding" [256, h, w] (metadata
 from __future__ import annotations
 
 import json
-import os
 from collections.abc import Iterable, Mapping
 from dataclasses import asdict, dataclass
 from pathlib import Path
@@ -16,6 +15,7 @@ import torch
 from safetensors import SafetensorError, safe_open
 from safetensors.torch import save_file
 
+from ..files import atomic_write, atomic_write_text
 from ..prompt_bank import weights_fingerprint
 
 FORMAT = "fpseg-embeddings/1"
@@ -46,12 +46,6 @@ class EmbeddingHeader:
             for name in ("encoder", "encoder_fingerprint", "img_size", "input_mode", "dtype")
             if getattr(self, name) != getattr(other, name)
         ]
-
-
-def _write_json_atomically(path: Path, data: dict) -> None:
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-    tmp.write_text(json.dumps(data, indent=1) + "\n")
-    tmp.replace(path)
 
 
 class EmbeddingStore:
@@ -107,7 +101,7 @@ class EmbeddingStore:
     def save_manifest(self) -> None:
         data = {"format": FORMAT, "header": asdict(self.header),
                 "files": {split: sorted(keys) for split, keys in self.files.items()}}
-        _write_json_atomically(self.manifest_path, data)
+        atomic_write_text(self.manifest_path, json.dumps(data, indent=1) + "\n")
 
     def path(self, split: str, key: str) -> Path:
         return self.root / split / f"{key}.safetensors"
@@ -117,14 +111,10 @@ class EmbeddingStore:
         return self.path(split, key).is_file()
 
     def write(self, split: str, key: str, embedding: torch.Tensor) -> Path:
-        path = self.path(split, key)
-        path.parent.mkdir(parents=True, exist_ok=True)
-        tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
         tensor = embedding.detach().to("cpu", DTYPES[self.header.dtype]).contiguous()
-        save_file({EMBEDDING_KEY: tensor}, str(tmp),
-                  metadata={"format": FORMAT, "encoder_fingerprint": self.header.encoder_fingerprint})
-        tmp.replace(path)
-        return path
+        metadata = {"format": FORMAT, "encoder_fingerprint": self.header.encoder_fingerprint}
+        return atomic_write(self.path(split, key),
+                            lambda tmp: save_file({EMBEDDING_KEY: tensor}, str(tmp), metadata=metadata))
 
     def record(self, split: str, keys: Iterable[str]) -> None:
         """Add finished files to the manifest's list for `split` and save it."""

@@ -14,7 +14,6 @@ from typing import Any
 
 import numpy as np
 import torch
-from PIL import Image
 from tqdm import tqdm
 
 from ..checkpoint import load_checkpoint
@@ -33,7 +32,7 @@ from ..training.config import doc, option
 from ..training.distributed import DistContext, init_distributed
 from ..training.precompute import create_store, encode_splits
 from .binary import evaluate_binary_iou
-from .metrics import CityscapesConfusion, bank_labels_to_label_ids, write_report
+from .metrics import CityscapesConfusion, bank_labels_to_label_ids, write_png, write_report
 
 EVAL_STREAM = 2_000_003  # seeds the sampled binary-IoU examples
 
@@ -124,10 +123,7 @@ def cityscapes_miou(model: FPSegModel, prompts: torch.Tensor, bank: PromptBank, 
         label_ids = bank_labels_to_label_ids(labels, bank.names)
         confusion.update(label_ids, gt)
         if predictions_dir is not None:
-            key = dataset.frames[index].key
-            path = predictions_dir / f"{key}_pred_labelIds.png"
-            path.parent.mkdir(parents=True, exist_ok=True)
-            Image.fromarray(label_ids).save(path)
+            write_png(predictions_dir / f"{dataset.frames[index].key}_pred_labelIds.png", label_ids)
     return confusion.result()
 
 

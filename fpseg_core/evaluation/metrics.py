@@ -18,6 +18,13 @@ from tqdm import tqdm
 
 from ..cityscapes import CATEGORIES, CLASS_BY_NAME, CLASSES, IGNORE_TRAIN_ID, TRAIN_ID_NAMES
 from ..data.cityscapes import frame_stem, list_label_files
+from ..files import atomic_path, atomic_write, atomic_write_text, check_output
+
+# The files of a report (`write_report`).
+RESULTS_JSON = "results.json"
+RESULTS_MD = "results.md"
+CONFUSION_PNG = "confusion.png"
+REPORT_FILES = (RESULTS_JSON, RESULTS_MD, CONFUSION_PNG)
 
 # Label ids 0..6 of cityscapesScripts' labels.py (all "void", ignored in evaluation); 7..33 are CLASSES.
 VOID_LABEL_NAMES = ("unlabeled", "ego vehicle", "rectification border", "out of roi", "static", "dynamic",
@@ -256,7 +263,8 @@ def _confusion_png(confusion: dict[str, Any], path: Path, title: str) -> Path | 
     ax.set_title(f"{title}\n(rows normalised)")
     fig.colorbar(image, ax=ax, fraction=0.046)
     fig.tight_layout()
-    fig.savefig(path, dpi=100)
+    with atomic_path(path) as tmp:
+        fig.savefig(tmp, dpi=100, format="png")
     plt.close(fig)
     return path
 
@@ -268,17 +276,27 @@ def write_report(result: dict[str, Any], out_dir: Path, title: str) -> list[Path
     (`BinaryIoU.result`), or just {"binary_iou": ...}. confusion.png needs matplotlib and a "confusion" entry.
     """
     out_dir = Path(out_dir)
-    out_dir.mkdir(parents=True, exist_ok=True)
-    json_path = out_dir / "results.json"
-    json_path.write_text(json.dumps({"title": title, **result}, indent=2, allow_nan=False) + "\n")
-    md_path = out_dir / "results.md"
-    md_path.write_text(_markdown(result, title))
+    json_path = atomic_write_text(out_dir / RESULTS_JSON,
+                                  json.dumps({"title": title, **result}, indent=2, allow_nan=False) + "\n")
+    md_path = atomic_write_text(out_dir / RESULTS_MD, _markdown(result, title))
     written = [json_path, md_path]
     if "confusion" in result:
-        png = _confusion_png(result["confusion"], out_dir / "confusion.png", title)
+        png = _confusion_png(result["confusion"], out_dir / CONFUSION_PNG, title)
         if png is not None:
             written.append(png)
     return written
+
+
+def check_report_folder(out_dir: Path, overwrite: bool = False) -> Path:
+    """Refuse, before any work, a report folder that already holds a report (unless `overwrite`)."""
+    for name in REPORT_FILES:
+        check_output(Path(out_dir) / name, overwrite)
+    return Path(out_dir)
+
+
+def write_png(path: str | Path, image: np.ndarray) -> Path:
+    """Write an H x W (label) or H x W x 3 (colour) uint8 image as a PNG, atomically."""
+    return atomic_write(path, lambda tmp: Image.fromarray(image).save(tmp, format="PNG"))
 
 
 def read_label_png(path: str | Path) -> np.ndarray:

@@ -27,6 +27,7 @@ from tqdm import tqdm
 from ..data.base import read_rgb
 from ..data.cityscapes import CityscapesDataset, read_label_ids
 from ..errors import FPSegError
+from ..files import OutputExistsError, apply_default_mode
 from .conventions import (
     CAMERA_INFO_TOPIC,
     CAMERA_INFO_TYPE,
@@ -125,7 +126,7 @@ def camera_info_message(frame: CityscapesFrame, height: int, width: int, stamp: 
 
 def _check_destination(out: Path, overwrite: bool) -> None:
     if out.exists() and not overwrite:
-        raise FileExistsError(f"{out} exists; choose another --out or pass --overwrite to replace it")
+        raise OutputExistsError(f"{out} exists; choose another --out or pass --overwrite to replace it")
     if not out.parent.is_dir():
         raise FileNotFoundError(f"folder {out.parent} for the bag does not exist")
 
@@ -156,7 +157,8 @@ def write_cityscapes_bag(
 
     The bag is written into a hidden sibling folder (`.<name>.partial-*`) and renamed to `out` only after the
     writer has closed it, so an interrupted or failed run leaves no complete-looking bag (and keeps an
-    existing `out` when `overwrite` is set). Refuses an existing `out` unless `overwrite`.
+    existing `out` when `overwrite` is set). Refuses an existing `out` unless `overwrite`. The bag's files get
+    the mode a plain file gets under the umask, whatever mode the storage library created them with.
     """
     out = Path(out)
     if storage not in STORAGES:
@@ -173,6 +175,8 @@ def write_cityscapes_bag(
     staged = staging / out.name
     try:
         counts = _write(frames, staged, storage, rate, with_gt, progress)
+        for written in staged.iterdir():  # the storage libraries choose their own file modes
+            apply_default_mode(written)
         _move_into_place(staged, out, staging)
     finally:
         shutil.rmtree(staging, ignore_errors=True)

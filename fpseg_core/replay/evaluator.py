@@ -16,6 +16,7 @@ from typing import Any
 
 import numpy as np
 
+from fpseg_core.files import atomic_write_text
 from fpseg_core.runtime.image_codec import MalformedImageError, decode_image
 
 from ..evaluation.metrics import CityscapesConfusion, bank_labels_to_label_ids, write_report
@@ -64,7 +65,7 @@ class LatencyStats:
 
 def _mono8(msg: Any) -> np.ndarray:
     image = decode_image(msg)
-    if image.pixels.ndim != 2:
+    if msg.encoding != "mono8":
         raise MalformedImageError(f"encoding must be mono8, got {msg.encoding}")
     return image.pixels
 
@@ -162,9 +163,15 @@ class StreamEvaluator:
             self.invalid += 1
             self._keep_error(f"frame stamped {stamp} ns: {exc}")
 
+    @property
+    def matched(self) -> int:
+        """Label images paired with their ground truth so far."""
+        return self.pairer.counts.matched
+
     def result(self, final: bool = False) -> dict[str, Any]:
-        """`CityscapesConfusion.result()` plus frame counts and latency. With `final` (end of the stream),
-        frames still waiting for their partner or for label info are counted as unmatched / dropped."""
+        """`CityscapesConfusion.result()` plus frame counts, latency and "partial" (not `final`). With `final`
+        (end of the stream), frames still waiting for their partner or for label info are counted as
+        unmatched / dropped."""
         if final:
             self.pairer.finish()
             self.dropped_without_label_info += len(self._waiting)
@@ -179,16 +186,20 @@ class StreamEvaluator:
             "pending_ground_truth": self.pairer.pending_ground_truth,
             "waiting_for_label_info": len(self._waiting),
         }
-        return {**self.confusion.result(), "frames": frames, "frame_errors": list(self.errors),
-                "latency_ms": self.latency.summary()}
+        return {"partial": not final, **self.confusion.result(), "frames": frames,
+                "frame_errors": list(self.errors), "latency_ms": self.latency.summary()}
 
 
 def write_stream_report(result: dict[str, Any], out_dir: str | Path, title: str) -> list[Path]:
-    """`write_report` of eval-labels (results.json / .md / confusion.png), with frame counts and latency
-    tables added to results.md."""
+    """`write_report` of eval-labels (results.json / .md / confusion.png), with whether the report is partial,
+    frame counts and latency tables added to results.md (replaced atomically, like every report file)."""
     paths = write_report(result, Path(out_dir), title)
     markdown = next(p for p in paths if p.suffix == ".md")
-    lines = ["", "## Frames", "", "| count | frames |", "|---|---:|"]
+    if result.get("partial"):
+        status = "**Partial report**: written while frames were still arriving; the final one replaces it."
+    else:
+        status = "Final report: the whole stream."
+    lines = ["", status, "", "## Frames", "", "| count | frames |", "|---|---:|"]
     lines += [f"| {name.replace('_', ' ')} | {value} |" for name, value in result["frames"].items()]
     errors = result.get("frame_errors", [])
     if errors:
@@ -202,6 +213,45 @@ def write_stream_report(result: dict[str, Any], out_dir: str | Path, title: str)
         lines += [f"| {stage} | {s['count']} | {s['mean']:.2f} | "
                   + " | ".join(f"{s[f'p{q}']:.2f}" for q in PERCENTILES) + f" | {s['max']:.2f} |"
                   for stage, s in latency.items()]
-    with markdown.open("a") as stream:
-        stream.write("\n".join(lines) + "\n")
+    atomic_write_text(markdown, markdown.read_text(encoding="utf-8") + "\n".join(lines) + "\n")
     return paths
+
+
+def report_summary(result: dict[str, Any], paths: Sequence[Path]) -> str:
+    """One log line for a written stream report: mIoU, scored and unmatched frames, the files."""
+    frames = result["frames"]
+    miou = "n/a" if result["miou"] is None else f"{100 * result['miou']:.2f}"
+    kind = "partial report" if result.get("partial") else "final report"
+    return (f"{kind}: mIoU {miou} over {frames['scored']} frames; unmatched ground truth "
+            f"{frames['unmatched_ground_truth']}, labels {frames['unmatched_predictions']}; wrote "
+            + ", ".join(str(p) for p in paths))
+
+
+class StreamReport:
+    """Where a `StreamEvaluator`'s report goes and when: on request, every `every` matched frames while the
+    stream runs (marked partial, so a run that is killed still leaves a valid report; 0 = never), and once
+    at the end (final)."""
+
+    def __init__(self, evaluator: StreamEvaluator, out_dir: str | Path, title: str, every: int = 0) -> None:
+        if every < 0:
+            raise ValueError(f"the report interval must be 0 (off) or a positive number of frames, got {every}")
+        self.evaluator = evaluator
+        self.out_dir = Path(out_dir)
+        self.title = title
+        self.every = every
+        self._next_due = every
+
+    def write(self, final: bool = False) -> str:
+        """Write the report now (`final`: the stream has ended, see `StreamEvaluator.result`); returns the
+        summary line (`report_summary`). OSError when the folder or a file cannot be written."""
+        result = self.evaluator.result(final=final)
+        return report_summary(result, write_stream_report(result, self.out_dir, self.title))
+
+    def write_if_due(self) -> str | None:
+        """Write a partial report when `every` more frames have been matched since the last one; returns its
+        summary, or None when none was due."""
+        matched = self.evaluator.matched
+        if not self.every or matched < self._next_due:
+            return None
+        self._next_due = (matched // self.every + 1) * self.every
+        return self.write(final=False)

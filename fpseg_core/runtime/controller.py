@@ -15,8 +15,8 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
-import torch
 
+from fpseg_core.constants import MAX_CLASSES
 from fpseg_core.errors import FPSegError, PromptBankError
 from fpseg_core.predictor import FPSeg
 from fpseg_core.preprocess import to_rgb
@@ -25,7 +25,7 @@ from fpseg_core.visualize import blend, colorize, palette
 
 from .frame_slot import LatestFrameWorker
 from .image_codec import DecodedImage, MalformedImageError, decode_compressed, decode_image
-from .parameters import MAX_LABEL_CLASSES, PARAMETER_BY_NAME, RUNTIME_PARAMETERS
+from .parameters import PARAMETER_BY_NAME, RUNTIME_PARAMETERS
 from .stats import RollingStats
 
 OVERLAY_ALPHA = 0.5
@@ -101,13 +101,6 @@ class _Options:
     publish_color: bool
 
 
-def resolve_device(device: str) -> str:
-    """'auto' -> 'cuda' when a GPU is usable, else 'cpu'; anything else is passed through."""
-    if device == "auto":
-        return "cuda" if torch.cuda.is_available() else "cpu"
-    return device
-
-
 def load_pipeline(
     checkpoint: str,
     prompts: str = "",
@@ -116,13 +109,17 @@ def load_pipeline(
     device: str = "auto",
     input_mode: str = "squash",
 ) -> FPSeg:
-    """The FPSeg pipeline the node runs, from its launch-time parameters (paths may start with '~')."""
+    """The FPSeg pipeline the node runs, from its launch-time parameters (paths may start with '~').
+
+    `device` auto and `backend` auto are resolved by FPSeg and logged at INFO with the reason; a GPU that is
+    not there, or an `engine_dir` that is missing or made for another model, is an error here, at start.
+    """
     if not checkpoint:
         raise FPSegError("parameter 'checkpoint' is empty; launch with checkpoint:=/path/to/model.pth")
     return FPSeg.from_checkpoint(
         Path(checkpoint).expanduser(),
         prompts=Path(prompts).expanduser() if prompts else None,
-        device=resolve_device(device),
+        device=device,
         input_mode=input_mode,
         backend=backend,
         engine_dir=Path(engine_dir).expanduser() if engine_dir else None,
@@ -161,12 +158,12 @@ class SegmentationController:
         score_threshold: float = 0.5,
         publish_color: bool = False,
         stats_window: int = 100,
-        max_classes: int = MAX_LABEL_CLASSES,
+        max_classes: int = MAX_CLASSES,
         compressed_input: bool = False,
         clock_ns: Callable[[], int] = time.time_ns,
     ) -> None:
-        if not 1 <= max_classes <= MAX_LABEL_CLASSES:
-            raise ValueError(f"max_classes must be in [1, {MAX_LABEL_CLASSES}], got {max_classes}")
+        if not 1 <= max_classes <= MAX_CLASSES:
+            raise ValueError(f"max_classes must be in [1, {MAX_CLASSES}], got {max_classes}")
         self._fpseg = fpseg
         self._max_classes = int(max_classes)
         self._decode = decode_compressed if compressed_input else decode_image
@@ -286,70 +283,94 @@ class SegmentationController:
         """Load a prompt bank file: merge it into the bank (same name = overwrite) or replace the bank.
 
         `classes` takes only those names from the file; `activate` appends the loaded classes to the active
-        list. The file is fully checked (format, shape, prompt size, decoder fingerprint, resulting class
-        count) before the running bank is touched; on any failure the bank and active classes stay as
+        list. The file is fully checked (format, dtype, shape, finite values, names, prompt size, decoder
+        fingerprint, resulting class count) before the running bank is touched; the new bank keeps the
+        running bank's dtype and device. Never raises: on any failure the bank and active classes stay as
         they were and the answer says why. Active classes missing from a replacing bank are deactivated.
         """
         try:
-            loaded = PromptBank.load(Path(path).expanduser())
-            if classes:
-                loaded = loaded.subset(list(classes))
-            loaded.check_fits(self._fpseg.fingerprint)
-        except (FPSegError, KeyError, ValueError, OSError) as exc:
-            return self._refused(path, _message(exc))
-        with self._model_lock, self._state_lock:
-            current = self._fpseg.bank
-            try:
-                if loaded.prompt_size != current.prompt_size:
-                    raise PromptBankError(
-                        f"prompt size {loaded.prompt_size} does not match the running bank's "
-                        f"{current.prompt_size} (the deployed model takes one prompt size)"
-                    )
-                bank = loaded if replace else current.merge(loaded)
-                if len(bank) > MAX_LABEL_CLASSES:
-                    raise PromptBankError(
-                        f"the bank would hold {len(bank)} classes, at most {MAX_LABEL_CLASSES} fit uint8 labels"
-                    )
-                kept = [name for name in self._active if name in bank.names]
-                added = [name for name in loaded.names if activate and name not in kept]
-                active = self.validate_classes(kept + added, bank)
-            except (FPSegError, ValueError) as exc:
-                return self._refused(path, _message(exc), locked=True)
-            try:
-                self._fpseg.set_bank(bank)
-            # A backend may fail anywhere while taking the new tokens (e.g. out of GPU memory): put the old
-            # bank back so the node keeps running as before.
-            except Exception as exc:
-                self._fpseg.set_bank(current, force=True)
-                return self._refused(path, f"the backend could not take the bank ({exc})", locked=True)
-            self._palette = palette(bank.names)
-            dropped = [name for name in self._active if name not in active]
-            self._active = active
+            loaded = self._read_prompts(path, classes)
+            with self._model_lock, self._state_lock:
+                current = self._fpseg.bank
+                bank, active = self._next_bank(current, loaded, replace, activate)
+                dropped = self._swap_bank(current, bank, active)
+        # The service must answer whatever went wrong; the state is only changed by a swap that succeeded.
+        except Exception as exc:
+            return self._refused(path, exc)
         verb = "replaced the bank with" if replace else "merged"
         message = f"{verb} {len(loaded)} class(es) from {path}: {', '.join(loaded.names)}"
         if dropped:
             message += f"; deactivated (not in the new bank): {', '.join(dropped)}"
         return PromptUpdate(True, message, list(bank.names), list(active))
 
-    def _refused(self, path: str, reason: str, locked: bool = False) -> PromptUpdate:
-        if path not in reason:
+    def _read_prompts(self, path: str, classes: Sequence[str]) -> PromptBank:
+        """Step 1: the file's bank (only `classes` of it, when given), validated and checked against the
+        model's decoder."""
+        if isinstance(classes, str) or not isinstance(classes, (list, tuple)) or not all(
+            isinstance(name, str) for name in classes
+        ):
+            raise ClassSelectionError(f"classes must be a list of class names, e.g. [road, person], got {classes!r}")
+        loaded = PromptBank.load(Path(path).expanduser())
+        if classes:
+            loaded = loaded.subset(list(classes))
+        loaded.check_fits(self._fpseg.fingerprint)
+        return loaded
+
+    def _next_bank(
+        self, current: PromptBank, loaded: PromptBank, replace: bool, activate: bool
+    ) -> tuple[PromptBank, tuple[str, ...]]:
+        """Step 2 (both locks held): the bank and active classes the load would give; nothing changes yet."""
+        if loaded.prompt_size != current.prompt_size:
+            raise PromptBankError(
+                f"prompt size {loaded.prompt_size} does not match the running bank's "
+                f"{current.prompt_size} (the deployed model takes one prompt size)"
+            )
+        bank = loaded.like(current) if replace else current.merge(loaded)
+        if len(bank) > MAX_CLASSES:
+            raise PromptBankError(f"the bank would hold {len(bank)} classes, at most {MAX_CLASSES} fit uint8 labels")
+        kept = [name for name in self._active if name in bank.names]
+        added = [name for name in loaded.names if activate and name not in kept]
+        return bank, self.validate_classes(kept + added, bank)
+
+    def _swap_bank(self, current: PromptBank, bank: PromptBank, active: tuple[str, ...]) -> list[str]:
+        """Step 3 (both locks held): give the backend the new bank, then take its palette and active classes;
+        returns the classes deactivated. A backend that fails while taking the tokens (e.g. out of GPU
+        memory) gets the old bank back, so the node keeps running as before."""
+        try:
+            self._fpseg.set_bank(bank)
+        except Exception as exc:
+            self._fpseg.set_bank(current, force=True)
+            raise PromptBankError(f"the backend could not take the bank ({exc})") from exc
+        self._palette = palette(bank.names)
+        dropped = [name for name in self._active if name not in active]
+        self._active = active
+        return dropped
+
+    def _refused(self, path: object, exc: Exception) -> PromptUpdate:
+        """The answer to a load that changed nothing: why (one line, naming the file) and the unchanged state."""
+        expected = isinstance(exc, (FPSegError, KeyError, ValueError, OSError))
+        reason = _message(exc) if expected else f"unexpected {type(exc).__name__}: {exc}"
+        reason = " ".join(reason.splitlines())
+        if str(path) not in reason:
             reason = f"{path}: {reason}"
-        if locked:
-            return PromptUpdate(False, reason, list(self._fpseg.classes), list(self._active))
         return PromptUpdate(False, reason, self.available, self.active)
 
     # --------------------------------------------------------------------------------------- frames
     def handle(self, msg: Any) -> FrameResult | Rejection:
         """Segment one Image (or CompressedImage) message. Never raises: bad input and failures are
         counted and returned as a Rejection whose reason is meant for the log."""
-        received_ns = self._clock_ns()
         try:
+            received_ns = self._clock_ns()
             image = self._decode(msg)
             header = msg.header
             start_ns = _stamp_ns(header) or received_ns  # unstamped images: latency from arrival
         except MalformedImageError as exc:
             self._rejected += 1
             return Rejection(f"dropped a malformed image message: {exc}", malformed=True)
+        # A decoder bug (or a message that is no image at all) costs this frame only, like a backend failure.
+        except Exception as exc:
+            self._failed += 1
+            return Rejection(f"decoding failed: {type(exc).__name__}: {exc}", malformed=False)
         try:
             return self._segment(image, header, start_ns)
         # Whatever a backend raises (e.g. CUDA out of memory) costs this frame only; the node keeps going.
@@ -409,32 +430,49 @@ class SegmentationController:
     def failed_frames(self) -> int:
         return self._failed
 
+    @property
+    def alive(self) -> bool:
+        """The inference thread is running (started, neither stopped nor dead)."""
+        return self._worker is not None and self._worker.alive
+
+    @property
+    def death_cause(self) -> BaseException | None:
+        """What killed the inference thread, if it died instead of being stopped (the node must then exit)."""
+        return self._worker.death_cause if self._worker is not None else None
+
     def start(
         self,
         on_result: Callable[[FrameResult], None],
         on_rejection: Callable[[Rejection], None],
         on_error: Callable[[BaseException], None] | None = None,
     ) -> None:
-        """Start the inference thread: each submitted frame's outcome goes to on_result / on_rejection
-        (called on that thread); an exception from those callbacks goes to on_error."""
+        """Start the supervised inference thread: each submitted frame's outcome goes to on_result /
+        on_rejection (called on that thread). An exception from those callbacks goes to on_error and the
+        thread goes on with the next frame; a result that could not be published counts in failed_frames."""
         if self._worker is not None:
             raise RuntimeError("the controller's worker is already started")
 
         def work(msg: Any) -> None:
             outcome = self.handle(msg)
-            if isinstance(outcome, FrameResult):
+            if isinstance(outcome, Rejection):
+                on_rejection(outcome)  # already counted (rejected or failed) by handle
+                return
+            try:
                 on_result(outcome)
-            else:
-                on_rejection(outcome)
+            except Exception:
+                self._failed += 1
+                raise
 
         self._worker = LatestFrameWorker(work, on_error, name="fpseg-inference")
         self._worker.start()
 
-    def submit(self, msg: Any) -> None:
-        """Hand a frame to the inference thread; returns at once (a frame still waiting is dropped)."""
+    def submit(self, msg: Any) -> bool:
+        """Hand a frame to the inference thread; returns at once (a frame still waiting is dropped).
+
+        False when the thread no longer takes frames: stopped, or dead (see `death_cause`)."""
         if self._worker is None:
             raise RuntimeError("call start() before submit()")
-        self._worker.submit(msg)
+        return self._worker.submit(msg)
 
     def stop(self, timeout: float | None = 10.0) -> bool:
         """Stop the inference thread after the frame in progress; True when it has ended."""

@@ -1,15 +1,13 @@
-"""The node's parameters, declared from this one table (no rclpy import, so tests and docs can read it)."""
+"""The node's parameters, declared from this one table (no rclpy or torch import: tests, docs and the node's
+start-up read it cheaply)."""
 
 from __future__ import annotations
 
 from dataclasses import dataclass
 from typing import Any
 
-from fpseg_core.backends import BACKENDS
-from fpseg_core.fusion import FUSIONS
-from fpseg_core.preprocess import INPUT_MODES
+from fpseg_core.constants import BACKENDS, FUSIONS, INPUT_MODES, MAX_CLASSES
 
-MAX_LABEL_CLASSES = 255  # label values are uint8: 0 = none, 1 + bank index for each class
 RESTART = "Read-only: set it at launch (restart the node to change it)."
 
 
@@ -88,10 +86,11 @@ PARAMETERS: tuple[ParameterSpec, ...] = (
         read_only=True,
     ),
     ParameterSpec(
-        "max_classes", MAX_LABEL_CLASSES,
-        f"Most classes that may be active at once, at most {MAX_LABEL_CLASSES} (uint8 labels). Set it to the "
+        "max_classes", MAX_CLASSES,
+        f"Most classes that may be active at once, at most {MAX_CLASSES} (uint8 labels; 255 is vision_msgs' "
+        "'unlabeled'). Set it to the "
         "class count a TensorRT engine was built for to keep every frame to one decoder pass. " + RESTART,
-        read_only=True, integer_range=(1, MAX_LABEL_CLASSES),
+        read_only=True, integer_range=(1, MAX_CLASSES),
     ),
     ParameterSpec(
         "classes", None,

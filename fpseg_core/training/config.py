@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
+import re
 import types
 import typing
 from pathlib import Path
@@ -15,7 +16,53 @@ from typing import Any, TypeVar
 
 import yaml
 
+from ..constants import DEVICE_FORMS, DEVICE_PATTERN
+from ..files import atomic_write_text
+
 T = TypeVar("T")
+
+
+def device_type(text: str) -> str:
+    """argparse `type=` for a device (auto, cpu, cuda, cuda:N or mps); whether it is usable is checked where used."""
+    if not DEVICE_PATTERN.fullmatch(text):
+        raise argparse.ArgumentTypeError(f"invalid device {text!r}: use {DEVICE_FORMS}")
+    return text
+
+
+# Keys whose values need more than their type's check; each function raises argparse.ArgumentTypeError.
+KEY_TYPES = {"device": device_type}
+
+
+class ConfigLoader(yaml.SafeLoader):
+    """PyYAML's SafeLoader, but 1e-3, 1E+5 and .5e-2 are floats (as in YAML 1.2): PyYAML's YAML 1.1 resolver
+    reads a float without a dot, or with an unsigned exponent, as a string. Used for --config and --set alike."""
+
+
+ConfigLoader.add_implicit_resolver(
+    "tag:yaml.org,2002:float",
+    re.compile(r"^[-+]?(?:[0-9][0-9_]*\.?[0-9_]*|\.[0-9_]+)[eE][-+]?[0-9]+$"),
+    list("-+0123456789."),
+)
+
+
+def _yaml_problem(exc: yaml.YAMLError) -> str:
+    """A YAML error in one line: the problem and, when known, where it is."""
+    problem = getattr(exc, "problem", None) or str(exc).splitlines()[0]
+    mark = getattr(exc, "problem_mark", None)
+    return f"{problem} at line {mark.line + 1}, column {mark.column + 1}" if mark is not None else problem
+
+
+def _parse_override(item: str) -> tuple[str, Any]:
+    """'--set lr=1e-3' -> ('lr', 0.001); a missing '=' or key, or a value that is not YAML, raises ValueError."""
+    key, sep, text = item.partition("=")
+    key = key.strip().replace("-", "_")
+    if not sep or not key:
+        raise ValueError(f"--set {item!r}: expected KEY=VALUE, e.g. --set lr=0.005")
+    try:
+        return key, yaml.load(text, Loader=ConfigLoader)
+    except yaml.YAMLError as exc:
+        raise ValueError(f"--set {item!r}: the value is not valid YAML ({_yaml_problem(exc)}); "
+                         "quote it, e.g. --set 'name=\"a: b\"'") from None
 
 
 def option(default: Any, help: str) -> Any:
@@ -53,8 +100,8 @@ def add_config_arguments(parser: argparse.ArgumentParser, config_cls: type) -> N
             group.add_argument(flag, dest=f.name, action=argparse.BooleanOptionalAction, default=None,
                                help=help_text)
         else:
-            group.add_argument(flag, dest=f.name, type=scalar, nargs="+" if is_list else None, default=None,
-                               help=help_text)
+            group.add_argument(flag, dest=f.name, type=KEY_TYPES.get(f.name, scalar), nargs="+" if is_list else None,
+                               default=None, help=help_text)
 
 
 def _check_type(config_cls: type, key: str, value: Any, source: str) -> Any:
@@ -78,6 +125,11 @@ def _check_scalar(scalar: type, key: str, value: Any, source: str) -> Any:
         return str(value)
     if not isinstance(value, scalar) or (scalar is int and isinstance(value, bool)):
         raise ValueError(f"{source}: {key} must be {scalar.__name__}, got {value!r}")
+    if key in KEY_TYPES:
+        try:
+            KEY_TYPES[key](value)
+        except argparse.ArgumentTypeError as exc:
+            raise ValueError(f"{source}: {exc}") from None
     return value
 
 
@@ -90,22 +142,20 @@ def resolve_config(config_cls: type[T], args: argparse.Namespace) -> T:
         if not path.is_file():
             raise FileNotFoundError(f"config file {path} does not exist")
         try:
-            data = yaml.safe_load(path.read_text()) or {}
+            data = yaml.load(path.read_text(), Loader=ConfigLoader) or {}
         except yaml.YAMLError as exc:
-            raise ValueError(f"{path} is not valid YAML: {exc}") from exc
+            raise ValueError(f"{path} is not valid YAML: {_yaml_problem(exc)}") from None
         if not isinstance(data, dict):
             raise ValueError(f"{path} must hold a mapping of keys to values")
         values.update({k: (v, str(path)) for k, v in data.items()})
     for item in getattr(args, "overrides", []) or []:
-        key, sep, text = item.partition("=")
-        if not sep:
-            raise ValueError(f"--set {item!r}: expected KEY=VALUE")
-        values[key.strip().replace("-", "_")] = (yaml.safe_load(text), f"--set {item}")
+        key, value = _parse_override(item)
+        values[key] = (value, f"--set {item}")
     for name in names:
         flag_value = getattr(args, name, None)
         if flag_value is not None:
             values[name] = (flag_value, "--" + name.replace("_", "-"))
-    unknown = sorted(k for k in values if k not in names)
+    unknown = sorted(str(k) for k in values if k not in names)
     if unknown:
         raise ValueError(f"unknown configuration key(s) {', '.join(unknown)}; valid keys: {', '.join(names)}")
     checked = {k: _check_type(config_cls, k, v, source) for k, (v, source) in values.items()}
@@ -114,6 +164,4 @@ def resolve_config(config_cls: type[T], args: argparse.Namespace) -> T:
 
 def save_config(config: Any, path: Path) -> Path:
     """Write the resolved configuration as YAML (reusable with --config)."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    path.write_text(yaml.safe_dump(dataclasses.asdict(config), sort_keys=False))
-    return path
+    return atomic_write_text(path, yaml.safe_dump(dataclasses.asdict(config), sort_keys=False))

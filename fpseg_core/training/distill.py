@@ -28,10 +28,14 @@ from .config import option, save_config
 from .distributed import init_distributed
 from .runtime import (
     CHECKPOINT_FILE,
+    CONFIG_FILE,
+    RUN_OUTPUTS,
     STATE_FILE,
     LoopProgress,
     LoopSettings,
     check_resumable,
+    claim_run_folder,
+    clear_run_folder,
     epoch_batches,
     load_state,
     run_training_loop,
@@ -139,10 +143,14 @@ def _teacher_store(config: DistillConfig, teacher: LoadedCheckpoint, splits: lis
     return store
 
 
-def distill(config: DistillConfig) -> Path:
-    """Run (or resume) encoder distillation; returns the output folder (checkpoint.pth and friends)."""
+def distill(config: DistillConfig, overwrite: bool = False) -> Path:
+    """Run (or resume) encoder distillation; returns the output folder (checkpoint.pth and friends).
+
+    An --out holding a previous run is refused unless `config.resume` or `overwrite` (see `claim_run_folder`).
+    """
     if not config.teacher:
         raise ValueError("no teacher checkpoint given (--teacher)")
+    resuming = claim_run_folder(Path(config.out), RUN_OUTPUTS, config.resume, overwrite)
     ctx = init_distributed(config.device)
     if config.batch_size % ctx.world_size:
         raise ValueError(f"batch_size {config.batch_size} must be divisible by the {ctx.world_size} processes")
@@ -167,10 +175,7 @@ def distill(config: DistillConfig) -> Path:
                 "seed": config.seed, "batch_size": config.batch_size, "n_train_images": len(train_set)}
     state_path = out / STATE_FILE
     progress = LoopProgress()
-    if state_path.exists() and not config.resume:
-        raise ValueError(f"{out} already holds a distillation run ({state_path}); pass --resume to continue "
-                         "it, or choose another --out")
-    if config.resume and state_path.exists():
+    if resuming:
         state = load_state(state_path)
         check_resumable(state, identity, state_path)
         student.load_state_dict(state["student"])
@@ -179,8 +184,9 @@ def distill(config: DistillConfig) -> Path:
         if ctx.is_main:
             print(f"resuming {out} at step {progress.step}", file=sys.stderr)
     if ctx.is_main:
-        out.mkdir(parents=True, exist_ok=True)
-        save_config(config, out / "config.yaml")
+        if not resuming:
+            clear_run_folder(out, RUN_OUTPUTS)
+        save_config(config, out / CONFIG_FILE)
 
     trained = DistributedDataParallel(student) if ctx.distributed else student
     per_epoch = steps_per_epoch(len(train_set), config.batch_size)

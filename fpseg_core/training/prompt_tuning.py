@@ -33,10 +33,14 @@ from .config import doc, option, save_config
 from .distributed import DistContext, init_distributed
 from .runtime import (
     CHECKPOINT_FILE,
+    CONFIG_FILE,
+    RUN_OUTPUTS,
     STATE_FILE,
     LoopProgress,
     LoopSettings,
     check_resumable,
+    claim_run_folder,
+    clear_run_folder,
     epoch_batches,
     load_state,
     run_training_loop,
@@ -47,6 +51,8 @@ from .runtime import (
 VALIDATION_STREAM = 1_000_003  # seeds the fixed validation sample, apart from the training epochs' seeds
 PROMPT_INIT_STD = 0.02
 BANK_FILE = "prompts.safetensors"
+VALIDATION_DIR = "validation"  # the report of the latest validation
+OUTPUTS = (*RUN_OUTPUTS, BANK_FILE, VALIDATION_DIR)
 
 
 @dataclass
@@ -223,9 +229,14 @@ def _save_best(run: _Run, tuner: PromptTuner, extra: dict[str, str]) -> None:
         save_checkpoint(run.model, config, bank.names, run.out / CHECKPOINT_FILE)
 
 
-def train(config: TrainConfig) -> Path:
-    """Run (or resume) prompt tuning; returns the output folder (prompts.safetensors and friends)."""
+def train(config: TrainConfig, overwrite: bool = False) -> Path:
+    """Run (or resume) prompt tuning; returns the output folder (prompts.safetensors and friends).
+
+    An --out holding a previous run is refused unless `config.resume` (continue it) or `overwrite` (delete
+    its outputs and start over); see `claim_run_folder`.
+    """
     _check_config(config)
+    resuming = claim_run_folder(Path(config.out), OUTPUTS, config.resume, overwrite)
     ctx = init_distributed(config.device)
     if config.batch_size % ctx.world_size:
         raise ValueError(f"batch_size {config.batch_size} must be divisible by the {ctx.world_size} processes")
@@ -244,10 +255,7 @@ def train(config: TrainConfig) -> Path:
     state_path = run.out / STATE_FILE
     identity = _resume_identity(run, prompt_size)
     progress = LoopProgress()
-    if state_path.exists() and not config.resume:
-        raise ValueError(f"{run.out} already holds a training run ({state_path}); pass --resume to continue "
-                         "it, or choose another --out")
-    if config.resume and state_path.exists():
+    if resuming:
         state = load_state(state_path)
         check_resumable(state, identity, state_path)
         with torch.no_grad():
@@ -261,8 +269,9 @@ def train(config: TrainConfig) -> Path:
     elif config.resume and ctx.is_main:
         print(f"no {state_path} to resume from; starting a new run", file=sys.stderr)
     if ctx.is_main:
-        run.out.mkdir(parents=True, exist_ok=True)
-        save_config(config, run.out / "config.yaml")
+        if not resuming:
+            clear_run_folder(run.out, OUTPUTS)
+        save_config(config, run.out / CONFIG_FILE)
 
     trained = DistributedDataParallel(tuner) if ctx.distributed else tuner
     size = run.store.header.img_size
@@ -297,7 +306,7 @@ def train(config: TrainConfig) -> Path:
         metric = evaluate_binary_iou(tuner, val_samples, len(class_names), config.batch_size // ctx.world_size,
                                      ctx, config.num_workers)
         if ctx.is_main:
-            write_report({"binary_iou": metric.result(class_names)}, run.out / "validation",
+            write_report({"binary_iou": metric.result(class_names)}, run.out / VALIDATION_DIR,
                          f"validation at step {step} ({config.val_split})")
         value = metric.mean()
         return 0.0 if math.isnan(value) else value

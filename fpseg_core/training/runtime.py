@@ -4,10 +4,10 @@ from __future__ import annotations
 
 import csv
 import math
-import os
 import pickle
+import shutil
 import time
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -16,12 +16,19 @@ import numpy as np
 import torch
 from tqdm import tqdm
 
+from ..files import OutputExistsError, atomic_write
 from .distributed import DistContext
 
 STATE_FORMAT = "fpseg-train-state/1"
 # File names every training command writes in its output folder.
 CHECKPOINT_FILE = "checkpoint.pth"
 STATE_FILE = "state.pt"
+CONFIG_FILE = "config.yaml"
+TRAIN_LOG_FILE = "train_log.csv"
+VAL_LOG_FILE = "val_log.csv"
+TENSORBOARD_DIR = "tensorboard"
+# What run_training_loop and the commands' shared code write: a folder holding any of them holds a run.
+RUN_OUTPUTS = (CONFIG_FILE, STATE_FILE, CHECKPOINT_FILE, TRAIN_LOG_FILE, VAL_LOG_FILE, TENSORBOARD_DIR)
 
 
 def steps_per_epoch(n_items: int, batch_size: int) -> int:
@@ -48,11 +55,7 @@ def epoch_batches(n_items: int, batch_size: int, seed: int, epoch: int, rank: in
 
 def save_state(path: Path, state: dict[str, Any]) -> Path:
     """Write a resume state (tensors and plain containers only, so weights_only loading reads it)."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-    torch.save({"format": STATE_FORMAT, **state}, tmp)
-    tmp.replace(path)
-    return path
+    return atomic_write(path, lambda tmp: torch.save({"format": STATE_FORMAT, **state}, tmp))
 
 
 def load_state(path: Path) -> dict[str, Any]:
@@ -74,6 +77,35 @@ def check_resumable(state: dict[str, Any], expected: dict[str, Any], path: Path)
             f"cannot resume from {path}: it belongs to a different run ({'; '.join(differences)}); "
             "use another --out folder, or drop --resume to start over there"
         )
+
+
+def claim_run_folder(out: Path, outputs: Sequence[str], resume: bool, overwrite: bool) -> bool:
+    """Decide, before any work, what a run does with `out`; True when it resumes the run saved there.
+
+    `outputs` are the names (files or folders) a run writes into `out`. A folder holding any of them holds
+    a previous run: with `resume` and its state file that run continues; with `overwrite` it is replaced
+    (see `clear_run_folder`); otherwise it is refused, so a finished run is never silently overwritten.
+    """
+    if resume and overwrite:
+        raise ValueError("--resume continues the run in --out and --overwrite starts it over: give only one")
+    if resume and (out / STATE_FILE).is_file():
+        return True
+    previous = [name for name in outputs if (out / name).exists()]
+    if previous and not overwrite:
+        hint = "pass --resume to continue it, " if (out / STATE_FILE).is_file() else ""
+        raise OutputExistsError(f"{out} holds the outputs of a previous run ({', '.join(previous)}); {hint}"
+                                "pass --overwrite to start over there (they are deleted), or choose another --out")
+    return False
+
+
+def clear_run_folder(out: Path, outputs: Sequence[str]) -> None:
+    """Delete a previous run's `outputs` from `out`, so that a new run does not append to its logs."""
+    for name in outputs:
+        path = out / name
+        if path.is_dir() and not path.is_symlink():
+            shutil.rmtree(path)
+        elif path.exists() or path.is_symlink():
+            path.unlink()
 
 
 class MetricLog:
@@ -165,10 +197,10 @@ def run_training_loop(
     """
     if ctx.is_main:
         out.mkdir(parents=True, exist_ok=True)
-        tensorboard_dir = out / "tensorboard" if settings.tensorboard else None
-        train_log = MetricLog(out / "train_log.csv", ["step", "epoch", "loss", "elapsed_s"], tensorboard_dir)
-        val_log = MetricLog(out / "val_log.csv", ["step", "epoch", settings.metric, f"best_{settings.metric}",
-                                                  "elapsed_s"])
+        tensorboard_dir = out / TENSORBOARD_DIR if settings.tensorboard else None
+        train_log = MetricLog(out / TRAIN_LOG_FILE, ["step", "epoch", "loss", "elapsed_s"], tensorboard_dir)
+        val_log = MetricLog(out / VAL_LOG_FILE, ["step", "epoch", settings.metric, f"best_{settings.metric}",
+                                                 "elapsed_s"])
     total = settings.total_steps
     bar = tqdm(total=total, initial=progress.step, desc="train", unit="step",
                disable=not (settings.progress and ctx.is_main))
