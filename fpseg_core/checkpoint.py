@@ -10,7 +10,7 @@ from pathlib import Path
 
 import torch
 
-from .cityscapes import BANK33
+from .cityscapes_labels import BANK33
 from .errors import CheckpointError, PromptBankError
 from .files import atomic_write, file_kind, permission_message, unreadable_reason
 from .modeling.build import ENCODERS, PATCH_STRIDE, FPSegConfig, build_fpseg

@@ -13,10 +13,10 @@ import torch
 from PIL import Image as PILImage
 
 from .backends import create_backend, resolve_device
-from .backends.fast_labels import FastLabeler
 from .checkpoint import load_checkpoint
 from .constants import MAX_CLASSES
 from .errors import PromptBankError
+from .fast_labels import FastLabeler
 from .fusion import FUSIONS, Fusion, fuse
 from .modeling.build import FPSegConfig, build_fpseg
 from .modeling.fpseg import FPSegModel

@@ -8,7 +8,7 @@ from collections.abc import Sequence
 
 import numpy as np
 
-from . import cityscapes
+from . import cityscapes_labels
 
 NONE_COLOR = (0, 0, 0)
 
@@ -16,7 +16,7 @@ NONE_COLOR = (0, 0, 0)
 def class_color(name: str) -> tuple[int, int, int]:
     """Cityscapes colour for Cityscapes names, otherwise a bright colour derived from the name's hash."""
     try:
-        return cityscapes.color(name)
+        return cityscapes_labels.color(name)
     except KeyError:
         pass
     hue = int.from_bytes(hashlib.sha1(name.encode()).digest()[:4], "big") / 2**32

@@ -18,7 +18,7 @@ from launch_ros.actions import Node, SetParameter
 from launch_ros.parameter_descriptions import ParameterValue
 from launch_ros.substitutions import FindPackageShare
 
-from fpseg_core.cityscapes import TRAIN_ID_NAMES
+from fpseg_core.cityscapes_labels import TRAIN_ID_NAMES
 from fpseg_core.replay.conventions import GT_TOPIC, IMAGE_TOPIC
 
 # After Ctrl-C, launch sends SIGTERM to a node still running this long after its SIGINT (launch's default: 5 s),

@@ -17,7 +17,7 @@ import sys
 
 import numpy as np
 
-from fpseg_core.cityscapes import CLASS_BY_NAME
+from fpseg_core.cityscapes_labels import CLASS_BY_NAME
 from fpseg_core.replay import evaluator as evaluator_module
 from fpseg_core.replay.evaluator import StreamEvaluator, StreamReport
 from fpseg_core.runtime.shutdown import DeferredSignals

@@ -14,8 +14,8 @@ from fpseg_core import FPSeg
 from fpseg_core.cli.main import build_parser, main
 from fpseg_core.errors import InputImageError
 from fpseg_core.image_io import read_image
+from fpseg_core.jobs.options import resolve_config
 from fpseg_core.preprocess import to_rgb
-from fpseg_core.training.config import resolve_config
 from fpseg_core.training.prompt_tuning import TrainConfig
 
 RAMP16 = np.linspace(0, 65535, 64 * 48).astype(np.uint16).reshape(48, 64)  # a 16-bit gradient, dark to bright

@@ -11,7 +11,7 @@ import pytest
 import torch
 
 from fpseg_core import CheckpointError, FPSeg, PromptBankError, load_checkpoint, save_checkpoint
-from fpseg_core.cityscapes import BANK33
+from fpseg_core.cityscapes_labels import BANK33
 from fpseg_core.cli.main import main as fpseg_main
 from fpseg_core.modeling.build import FPSegConfig, build_fpseg
 from fpseg_core.prompt_bank import PromptBank

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from cityscapesscripts.helpers.labels import labels as official_labels
 
-from fpseg_core.cityscapes import BANK33, CLASSES, IGNORE_TRAIN_ID, TRAIN_ID_NAMES
+from fpseg_core.cityscapes_labels import BANK33, CLASSES, IGNORE_TRAIN_ID, TRAIN_ID_NAMES
 
 # Label ids below 7 (unlabeled, ego vehicle, ...) and -1 (license plate) are void: no FPSeg class.
 FIRST_CLASS_ID = 7

@@ -12,7 +12,7 @@ pytest.importorskip("launch_ros", reason="launch_ros is not installed (ROS 2 is 
 from launch.actions import DeclareLaunchArgument, IncludeLaunchDescription
 from launch_ros.actions import Node, SetParameter
 
-from fpseg_core.cityscapes import TRAIN_ID_NAMES
+from fpseg_core.cityscapes_labels import TRAIN_ID_NAMES
 
 LAUNCH_FILE = Path(__file__).resolve().parents[1] / "launch" / "eval.launch.py"
 

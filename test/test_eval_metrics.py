@@ -9,10 +9,10 @@ from pathlib import Path
 import numpy as np
 import pytest
 from PIL import Image
+from synthetic_data import make_synthetic_cityscapes
 
-from fpseg_core.cityscapes import BANK33, CLASS_BY_NAME, TRAIN_ID_NAMES
+from fpseg_core.cityscapes_labels import BANK33, CLASS_BY_NAME, TRAIN_ID_NAMES
 from fpseg_core.cli.main import main
-from fpseg_core.data.synthetic import make_synthetic_cityscapes
 from fpseg_core.evaluation.metrics import (
     BinaryIoU,
     CityscapesConfusion,

@@ -27,7 +27,7 @@ from sensor_msgs.msg import Image  # noqa: E402
 from std_srvs.srv import Trigger  # noqa: E402
 from vision_msgs.msg import LabelInfo, VisionClass  # noqa: E402
 
-from fpseg_core.cityscapes import CLASS_BY_NAME  # noqa: E402
+from fpseg_core.cityscapes_labels import CLASS_BY_NAME  # noqa: E402
 from fpseg_core.evaluation.metrics import CityscapesConfusion  # noqa: E402
 from fpseg_core.replay.conventions import GT_TOPIC, LABEL_INFO_TOPIC, LABELS_TOPIC, STATS_TOPIC  # noqa: E402
 from fpseg_core.runtime.image_codec import fill_image  # noqa: E402

@@ -12,8 +12,8 @@ from conftest import make_bank
 from label_checks import assert_same_decisions
 
 from fpseg_core import FPSeg, build_fpseg, decoder_fingerprint, fuse, tiny_config
-from fpseg_core.backends.fast_decoder import FastMaskDecoder
-from fpseg_core.backends.fast_labels import FastLabeler, upsampling_matrix
+from fpseg_core.fast_labels import FastLabeler, upsampling_matrix
+from fpseg_core.modeling.fast_decoder import FastMaskDecoder
 from fpseg_core.modeling.fpseg import FPSegModel
 from fpseg_core.preprocess import Geometry, postprocess_logits
 

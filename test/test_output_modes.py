@@ -16,15 +16,15 @@ import numpy as np
 import pytest
 import torch
 from PIL import Image
+from synthetic_data import make_synthetic_cityscapes
 
 from fpseg_core import PromptBank, build_fpseg, save_checkpoint, tiny_config
 from fpseg_core.cli.main import main
 from fpseg_core.data.embeddings import EmbeddingHeader, EmbeddingStore
-from fpseg_core.data.synthetic import make_synthetic_cityscapes
 from fpseg_core.evaluation.metrics import CityscapesConfusion, write_report
-from fpseg_core.training.config import save_config
+from fpseg_core.jobs.options import save_config
+from fpseg_core.training.bookkeeping import save_state
 from fpseg_core.training.prompt_tuning import TrainConfig
-from fpseg_core.training.runtime import save_state
 
 UMASKS = (0o022, 0o077)
 

@@ -17,7 +17,7 @@ import pytest
 from PIL import Image
 from training_workspace import QUICK_TRAIN, Workspace, fpseg, make_workspace, tiny_checkpoint
 
-from fpseg_core.training.runtime import read_log
+from fpseg_core.training.bookkeeping import read_log
 
 Case = tuple[list[object], list[Path]]  # argv, the outputs it writes (files or folders)
 

@@ -14,8 +14,9 @@ from PIL import Image
 pytest.importorskip("rosbags", reason="the replay tools need rosbags: pip install 'fpseg_ros[bag]'")
 make_reader = pytest.importorskip("mcap.reader", reason="the mcap reader checks mcap bags").make_reader
 
+from synthetic_data import make_synthetic_cityscapes  # noqa: E402
+
 from fpseg_core.cli.main import main  # noqa: E402
-from fpseg_core.data.synthetic import make_synthetic_cityscapes  # noqa: E402
 from fpseg_core.errors import FPSegError  # noqa: E402
 from fpseg_core.replay import bag_writer  # noqa: E402
 from fpseg_core.replay.bag_reader import BagReader  # noqa: E402

@@ -13,11 +13,11 @@ from PIL import Image
 pytest.importorskip("rosbags", reason="the replay tools need rosbags: pip install 'fpseg_ros[bag]'")
 
 from rosbags.rosbag2 import StoragePlugin, Writer
+from synthetic_data import make_synthetic_cityscapes
 
 from fpseg_core import FPSeg, build_fpseg, save_checkpoint, tiny_config
-from fpseg_core.cityscapes import BANK33, CLASS_BY_NAME, TRAIN_ID_NAMES
+from fpseg_core.cityscapes_labels import BANK33, CLASS_BY_NAME, TRAIN_ID_NAMES
 from fpseg_core.cli.main import main
-from fpseg_core.data.synthetic import make_synthetic_cityscapes
 from fpseg_core.evaluation.metrics import (
     CityscapesConfusion,
     bank_labels_to_label_ids,

@@ -10,7 +10,7 @@ import numpy as np
 import pytest
 from ros_fakes import image_message
 
-from fpseg_core.cityscapes import BANK33, CLASS_BY_NAME
+from fpseg_core.cityscapes_labels import BANK33, CLASS_BY_NAME
 from fpseg_core.evaluation.metrics import CityscapesConfusion
 from fpseg_core.replay.evaluator import LatencyStats, StreamEvaluator, stats_timings, write_stream_report
 from fpseg_core.replay.pairing import StampPairer, bank_names_from_class_map

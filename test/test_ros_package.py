@@ -14,7 +14,7 @@ from pathlib import Path
 import pytest
 import yaml
 
-from fpseg_core.cityscapes import BANK33
+from fpseg_core.cityscapes_labels import BANK33
 from fpseg_core.runtime.controller import FrameStats, PromptUpdate, SegmentationController
 from fpseg_core.runtime.parameters import PARAMETERS, RUNTIME_PARAMETERS
 

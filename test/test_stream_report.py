@@ -15,7 +15,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from fpseg_core.cityscapes import CLASS_BY_NAME
+from fpseg_core.cityscapes_labels import CLASS_BY_NAME
 from fpseg_core.replay.evaluator import StreamEvaluator, StreamReport, write_stream_report
 
 HELPER = Path(__file__).with_name("interrupted_report.py")

@@ -16,7 +16,7 @@ from fpseg_core import FPSeg, PromptBank, decoder_fingerprint, load_checkpoint
 from fpseg_core.data.base import read_rgb
 from fpseg_core.data.embeddings import EmbeddingStore
 from fpseg_core.preprocess import preprocess
-from fpseg_core.training.runtime import load_state, read_log
+from fpseg_core.training.bookkeeping import load_state, read_log
 
 
 @pytest.fixture(scope="module")

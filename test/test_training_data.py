@@ -12,19 +12,19 @@ import pytest
 import torch
 import yaml
 from PIL import Image
+from synthetic_data import make_synthetic_cityscapes
 
-from fpseg_core.cityscapes import BANK33, CLASS_BY_NAME, TRAIN_ID_NAMES
+from fpseg_core.cityscapes_labels import BANK33, CLASS_BY_NAME, TRAIN_ID_NAMES
 from fpseg_core.data import open_dataset
-from fpseg_core.data.cityscapes import CityscapesDataset, frame_stem
+from fpseg_core.data.cityscapes_dataset import CityscapesDataset, frame_stem
 from fpseg_core.data.embeddings import EmbeddingHeader, EmbeddingStore
+from fpseg_core.data.precompute import PrecomputeConfig
 from fpseg_core.data.sampling import draw_pairs, positive_probabilities, resize_mask
-from fpseg_core.data.synthetic import make_synthetic_cityscapes
 from fpseg_core.evaluation.evaluate import EvalConfig
-from fpseg_core.training.config import add_config_arguments, resolve_config
+from fpseg_core.jobs.options import add_config_arguments, resolve_config
+from fpseg_core.training.bookkeeping import epoch_batches
 from fpseg_core.training.distill import DistillConfig
-from fpseg_core.training.precompute import PrecomputeConfig
 from fpseg_core.training.prompt_tuning import TrainConfig
-from fpseg_core.training.runtime import epoch_batches
 
 CONFIG_DIR = Path(__file__).resolve().parent.parent / "config"
 

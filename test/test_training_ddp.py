@@ -12,7 +12,7 @@ import torch
 from training_workspace import CLASSES, QUICK_TRAIN, Workspace, fpseg, make_workspace
 
 from fpseg_core import PromptBank
-from fpseg_core.training.runtime import load_state, read_log
+from fpseg_core.training.bookkeeping import load_state, read_log
 
 REPO = Path(__file__).resolve().parent.parent
 

@@ -6,10 +6,10 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import torch
+from synthetic_data import make_synthetic_cityscapes
 
 from fpseg_core import build_fpseg, save_checkpoint, tiny_config
 from fpseg_core.cli.main import main
-from fpseg_core.data.synthetic import make_synthetic_cityscapes
 
 CLASSES = ["road", "sky", "car", "person"]
 IMG_SIZE = 64

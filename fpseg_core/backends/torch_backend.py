@@ -6,8 +6,8 @@ import copy
 
 import torch
 
+from ..modeling.fast_decoder import FastMaskDecoder
 from ..modeling.fpseg import FPSegModel
-from .fast_decoder import FastMaskDecoder
 
 DTYPES = {"fp32": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16}
 

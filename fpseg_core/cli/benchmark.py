@@ -28,9 +28,9 @@ from .._version import __version__
 from ..backends.cpu_memory import keep_freed_memory
 from ..constants import DEVICE_FORMS
 from ..files import atomic_path, atomic_write_text, check_output
+from ..jobs.options import device_type
 from ..modeling.build import ENCODERS, FPSegConfig, tiny_config
 from ..predictor import STAGES, FPSeg, Segmentation
-from ..training.config import device_type
 from .common import add_backend_arguments, add_overwrite_argument
 
 RANDOM_NOTE = "random weights (timing only; labels are meaningless)"

@@ -10,10 +10,10 @@ from pathlib import Path
 from ..backends.torch_backend import DTYPES
 from ..constants import BACKENDS, DEVICE_FORMS
 from ..files import OutputExistsError
+from ..jobs.options import device_type
 from ..modeling.build import ENCODERS, tiny_config
 from ..predictor import FPSeg
 from ..preprocess import INPUT_MODES
-from ..training.config import device_type
 
 RANDOM_WARNING = "WARNING: --random-weights: the network is random, its labels mean nothing (smoke tests / timing)"
 

@@ -5,9 +5,9 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
-from ..training.config import add_config_arguments, resolve_config
+from ..jobs.distributed import is_main_process, shutdown_distributed
+from ..jobs.options import add_config_arguments, resolve_config
 from ..training.distill import CHECKPOINT_FILE, DistillConfig, distill
-from ..training.distributed import is_main_process, shutdown_distributed
 from .common import RUN_OVERWRITE_HELP, add_overwrite_argument, check_output_folder
 
 

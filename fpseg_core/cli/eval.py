@@ -7,8 +7,8 @@ from pathlib import Path
 
 from ..evaluation.evaluate import EvalConfig, evaluate
 from ..evaluation.metrics import check_report_folder
-from ..training.config import add_config_arguments, resolve_config
-from ..training.distributed import shutdown_distributed
+from ..jobs.distributed import shutdown_distributed
+from ..jobs.options import add_config_arguments, resolve_config
 from .common import add_overwrite_argument, check_output_folder
 
 

@@ -6,7 +6,7 @@ import argparse
 import math
 from pathlib import Path
 
-from ..cityscapes import TRAIN_ID_NAMES
+from ..cityscapes_labels import TRAIN_ID_NAMES
 from ..evaluation.metrics import check_report_folder
 from ..replay.conventions import GT_TOPIC, IMAGE_TOPIC, LABEL_INFO_TOPIC, LABELS_TOPIC, STATS_TOPIC
 from .common import add_model_arguments, add_overwrite_argument, check_output_folder, load_model, parse_class_list

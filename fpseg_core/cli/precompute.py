@@ -5,9 +5,9 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
-from ..training.config import add_config_arguments, resolve_config
-from ..training.distributed import is_main_process, shutdown_distributed
-from ..training.precompute import PrecomputeConfig, precompute
+from ..data.precompute import PrecomputeConfig, precompute
+from ..jobs.distributed import is_main_process, shutdown_distributed
+from ..jobs.options import add_config_arguments, resolve_config
 from .common import check_output_folder
 
 

@@ -5,8 +5,8 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
-from ..training.config import add_config_arguments, resolve_config
-from ..training.distributed import is_main_process, shutdown_distributed
+from ..jobs.distributed import is_main_process, shutdown_distributed
+from ..jobs.options import add_config_arguments, resolve_config
 from ..training.prompt_tuning import BANK_FILE, TrainConfig, train
 from .common import RUN_OVERWRITE_HELP, add_overwrite_argument, check_output_folder
 

@@ -6,7 +6,7 @@ from collections.abc import Sequence
 from pathlib import Path
 
 from .base import Frame, SegmentationDataset
-from .cityscapes import CityscapesDataset
+from .cityscapes_dataset import CityscapesDataset
 from .custom import MaskFolderDataset
 
 DATASET_KINDS = ("cityscapes", "custom")

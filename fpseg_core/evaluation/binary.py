@@ -9,7 +9,7 @@ import torch.nn.functional as F
 from torch.utils.data import DataLoader, Subset
 
 from ..data.sampling import ClassWiseSamples
-from ..training.distributed import DistContext
+from ..jobs.distributed import DistContext
 from .metrics import BinaryIoU
 
 # (embeddings [B, 256, h, w], class indices [B]) -> low-resolution logits [B, 4h, 4w]

@@ -17,20 +17,20 @@ import torch
 from tqdm import tqdm
 
 from ..checkpoint import load_checkpoint
-from ..cityscapes import BANK33, TRAIN_ID_NAMES
+from ..cityscapes_labels import BANK33, TRAIN_ID_NAMES
 from ..data import open_dataset
-from ..data.cityscapes import CityscapesDataset
+from ..data.cityscapes_dataset import CityscapesDataset
 from ..data.embeddings import EmbeddingStore, encoder_fingerprint
+from ..data.precompute import create_store, encode_splits
 from ..data.sampling import P_NEG_MAX, ClassWiseSamples, draw_pairs
 from ..errors import PromptBankError
 from ..fusion import fuse
+from ..jobs.distributed import DistContext, init_distributed
+from ..jobs.options import doc, option
 from ..modeling.build import FPSegConfig
 from ..modeling.fpseg import FPSegModel
 from ..preprocess import Geometry, postprocess_logits
 from ..prompt_bank import PromptBank, decoder_fingerprint
-from ..training.config import doc, option
-from ..training.distributed import DistContext, init_distributed
-from ..training.precompute import create_store, encode_splits
 from .binary import evaluate_binary_iou
 from .metrics import CityscapesConfusion, bank_labels_to_label_ids, write_png, write_report
 

@@ -16,8 +16,8 @@ import numpy as np
 from PIL import Image
 from tqdm import tqdm
 
-from ..cityscapes import CATEGORIES, CLASS_BY_NAME, CLASSES, IGNORE_TRAIN_ID, TRAIN_ID_NAMES
-from ..data.cityscapes import frame_stem, list_label_files
+from ..cityscapes_labels import CATEGORIES, CLASS_BY_NAME, CLASSES, IGNORE_TRAIN_ID, TRAIN_ID_NAMES
+from ..data.cityscapes_dataset import frame_stem, list_label_files
 from ..files import atomic_path, atomic_write, atomic_write_text, check_output
 
 # The files of a report (`write_report`).

@@ -32,10 +32,10 @@ from ..artifacts import (
     encoder_fingerprint,
     file_entry,
 )
-from ..backends.fast_decoder import FastMaskDecoder
 from ..constants import MAX_CLASSES
 from ..files import atomic_path, atomic_write_text
 from ..modeling.build import FPSegConfig
+from ..modeling.fast_decoder import FastMaskDecoder
 from ..modeling.fpseg import FPSegModel
 from ..preprocess import INPUT_MODES
 from ..prompt_bank import EMBED_DIM, decoder_fingerprint

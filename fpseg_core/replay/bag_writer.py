@@ -25,7 +25,7 @@ from rosbags.rosbag2 import StoragePlugin, Writer
 from tqdm import tqdm
 
 from ..data.base import read_rgb
-from ..data.cityscapes import CityscapesDataset, read_label_ids
+from ..data.cityscapes_dataset import CityscapesDataset, read_label_ids
 from ..errors import FPSegError
 from ..files import OutputExistsError, apply_default_mode
 from .conventions import (

@@ -23,8 +23,8 @@ from fpseg_core.preprocess import to_rgb
 from fpseg_core.prompt_bank import PromptBank
 from fpseg_core.visualize import blend, colorize, palette
 
-from .frame_slot import LatestFrameWorker
 from .image_codec import DecodedImage, MalformedImageError, decode_compressed, decode_image
+from .latest_frame_worker import LatestFrameWorker
 from .parameters import PARAMETER_BY_NAME, RUNTIME_PARAMETERS
 from .stats import RollingStats
 

@@ -22,11 +22,11 @@ from ..data import open_dataset
 from ..data.base import SegmentationDataset
 from ..data.embeddings import EmbeddingStore, encoder_fingerprint
 from ..data.sampling import ImageTensors
+from ..jobs.distributed import init_distributed
+from ..jobs.options import option, save_config
 from ..modeling.build import FPSegConfig, build_image_encoder
 from ..modeling.fpseg import FPSegModel
-from .config import option, save_config
-from .distributed import init_distributed
-from .runtime import (
+from .bookkeeping import (
     CHECKPOINT_FILE,
     CONFIG_FILE,
     RUN_OUTPUTS,

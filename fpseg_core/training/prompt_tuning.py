@@ -26,12 +26,12 @@ from ..data.embeddings import EmbeddingStore, encoder_fingerprint
 from ..data.sampling import P_NEG_MAX, ClassWiseSamples, draw_pairs
 from ..evaluation.binary import evaluate_binary_iou, upsample_logits
 from ..evaluation.metrics import write_report
+from ..jobs.distributed import DistContext, init_distributed
+from ..jobs.options import doc, option, save_config
 from ..modeling.build import FPSegConfig
 from ..modeling.fpseg import FPSegModel
 from ..prompt_bank import PromptBank, decoder_fingerprint
-from .config import doc, option, save_config
-from .distributed import DistContext, init_distributed
-from .runtime import (
+from .bookkeeping import (
     CHECKPOINT_FILE,
     CONFIG_FILE,
     RUN_OUTPUTS,

@@ -12,8 +12,8 @@ from pathlib import Path
 import numpy as np
 from PIL import Image
 
-from ..cityscapes import CLASS_BY_NAME, color
-from .cityscapes import IMAGE_DIR, IMAGE_SUFFIX, LABEL_DIR, LABEL_SUFFIX
+from fpseg_core.cityscapes_labels import CLASS_BY_NAME, color
+from fpseg_core.data.cityscapes_dataset import IMAGE_DIR, IMAGE_SUFFIX, LABEL_DIR, LABEL_SUFFIX
 
 PIXEL_NOISE = 12
 

@@ -12,7 +12,7 @@ from pathlib import Path
 import numpy as np
 from PIL import Image
 
-from ..cityscapes import BANK33, TRAIN_ID_NAMES, label_ids
+from ..cityscapes_labels import BANK33, TRAIN_ID_NAMES, label_ids
 from .base import Frame, SegmentationDataset
 
 IMAGE_DIR = "leftImg8bit"

@@ -28,8 +28,8 @@ from functools import lru_cache
 import torch
 import torch.nn.functional as F
 
-from ..constants import FUSIONS, MAX_CLASSES, Fusion
-from ..preprocess import Geometry
+from .constants import FUSIONS, MAX_CLASSES, Fusion
+from .preprocess import Geometry
 
 # Relative slack for the class-skipping test when the threshold is not 0 (two interpolation stages whose
 # weights sum to 1 within a few float32 ulps).

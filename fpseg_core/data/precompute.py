@@ -11,15 +11,15 @@ from torch.utils.data import DataLoader
 from tqdm import tqdm
 
 from ..checkpoint import load_checkpoint
-from ..data import open_dataset
-from ..data.base import SegmentationDataset
-from ..data.embeddings import DTYPES, EmbeddingHeader, EmbeddingStore, encoder_fingerprint
-from ..data.sampling import ImageTensors
+from ..jobs.distributed import DistContext, init_distributed
+from ..jobs.options import doc, option
 from ..modeling.build import FPSegConfig
 from ..modeling.fpseg import FPSegModel
 from ..preprocess import INPUT_MODES
-from .config import doc, option
-from .distributed import DistContext, init_distributed
+from . import open_dataset
+from .base import SegmentationDataset
+from .embeddings import DTYPES, EmbeddingHeader, EmbeddingStore, encoder_fingerprint
+from .sampling import ImageTensors
 
 
 @dataclass

@@ -17,7 +17,7 @@ import torch
 from tqdm import tqdm
 
 from ..files import OutputExistsError, atomic_write
-from .distributed import DistContext
+from ..jobs.distributed import DistContext
 
 STATE_FORMAT = "fpseg-train-state/1"
 # File names every training command writes in its output folder.

@@ -7,7 +7,7 @@ import time
 
 import pytest
 
-from fpseg_core.runtime.frame_slot import LatestFrameWorker
+from fpseg_core.runtime.latest_frame_worker import LatestFrameWorker
 
 WAIT_S = 20.0  # generous upper bound for a thread to react; the tests never depend on it being short
 

@@ -24,8 +24,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from ..modeling.fpseg import FPSegModel
-from ..modeling.transformer import Attention
+from .fpseg import FPSegModel
+from .transformer import Attention
 
 
 def _split_heads(x: torch.Tensor, num_heads: int) -> torch.Tensor:
