@@ -31,3 +31,18 @@ DTYPE_NAMES = ("fp32", "bf16", "fp16")
 # Devices the library runs on: 'auto' takes a CUDA GPU where torch can use one, else the CPU.
 DEVICE_PATTERN = re.compile(r"auto|cpu|cuda(:\d+)?|mps")
 DEVICE_FORMS = "auto, cpu, cuda, cuda:N (N = GPU index, e.g. cuda:0) or mps"
+
+
+def choice_error(name: str, value: object, choices: tuple[str, ...]) -> str | None:
+    """The one message for a value outside its choices ('fusion must be one of argmax, priority, got ...')."""
+    if value in choices:
+        return None
+    return f"{name} must be one of {', '.join(choices)}, got {value!r}"
+
+
+def require_choice(name: str, value: str, choices: tuple[str, ...]) -> str:
+    """`value` if it is one of `choices`, else ValueError with `choice_error`'s message."""
+    reason = choice_error(name, value, choices)
+    if reason:
+        raise ValueError(reason)
+    return value

@@ -28,7 +28,7 @@ from functools import lru_cache
 import torch
 import torch.nn.functional as F
 
-from .constants import FUSIONS, MAX_CLASSES, Fusion
+from .constants import FUSIONS, MAX_CLASSES, Fusion, require_choice
 from .preprocess import Geometry
 
 # Relative slack for the class-skipping test when the threshold is not 0 (two interpolation stages whose
@@ -110,8 +110,7 @@ class FastLabeler:
         fusion: Fusion = "argmax",
         threshold: float = 0.0,
     ) -> torch.Tensor:
-        if fusion not in FUSIONS:
-            raise ValueError(f"fusion must be one of {', '.join(FUSIONS)}, got {fusion!r}")
+        require_choice("fusion", fusion, FUSIONS)
         if low_res.ndim != 3 or low_res.shape[0] != len(bank_ids):
             raise ValueError(f"expected logits [{len(bank_ids)}, h, w], got {list(low_res.shape)}")
         if max(bank_ids) >= MAX_CLASSES:

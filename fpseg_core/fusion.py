@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import torch
 
-from .constants import FUSIONS, MAX_CLASSES, Fusion
+from .constants import FUSIONS, MAX_CLASSES, Fusion, require_choice
 
 __all__ = ["FUSIONS", "Fusion", "fuse"]
 
@@ -17,8 +17,7 @@ def fuse(
     `bank_ids[i]` is the bank index of requested class i. argmax: the class with the highest logit, if that
     logit is above `threshold`. priority: the first requested class whose logit is above `threshold`.
     """
-    if fusion not in FUSIONS:
-        raise ValueError(f"fusion must be one of {', '.join(FUSIONS)}, got {fusion!r}")
+    require_choice("fusion", fusion, FUSIONS)
     values = torch.as_tensor(bank_ids, device=logits.device, dtype=torch.int64) + 1
     if values.numel() != logits.shape[-3]:
         raise ValueError(f"{values.numel()} bank ids for {logits.shape[-3]} logit maps")

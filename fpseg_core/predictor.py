@@ -14,13 +14,13 @@ from PIL import Image as PILImage
 
 from .backends import create_backend, resolve_device
 from .checkpoint import load_checkpoint
-from .constants import MAX_CLASSES
+from .constants import FUSIONS, INPUT_MODES, MAX_CLASSES, Fusion, InputMode, require_choice
 from .errors import PromptBankError
 from .fast_labels import FastLabeler
-from .fusion import FUSIONS, Fusion, fuse
+from .fusion import fuse
 from .modeling.build import FPSegConfig, build_fpseg
 from .modeling.fpseg import FPSegModel
-from .preprocess import INPUT_MODES, ColorOrder, InputMode, postprocess_logits, preprocess, to_rgb
+from .preprocess import ColorOrder, postprocess_logits, preprocess, to_rgb
 from .prompt_bank import PromptBank, decoder_fingerprint
 
 STAGES = ("preprocess", "encoder", "decoder", "postprocess")
@@ -82,10 +82,8 @@ class FPSeg:
         engine_dir: str | Path | None = None,
         dtype: str = "fp32",
     ) -> None:
-        if input_mode not in INPUT_MODES:
-            raise ValueError(f"input_mode must be one of {', '.join(INPUT_MODES)}, got {input_mode!r}")
-        if fusion not in FUSIONS:
-            raise ValueError(f"fusion must be one of {', '.join(FUSIONS)}, got {fusion!r}")
+        require_choice("input_mode", input_mode, INPUT_MODES)
+        require_choice("fusion", fusion, FUSIONS)
         self.device = resolve_device(device)
         self.model = model.to(self.device).eval()
         self.fingerprint = decoder_fingerprint(self.model.state_dict())
@@ -240,8 +238,7 @@ class FPSeg:
 
     def _fusion_options(self, fusion: Fusion | None, threshold: float | None) -> tuple[Fusion, float]:
         fusion = fusion or self.fusion
-        if fusion not in FUSIONS:
-            raise ValueError(f"fusion must be one of {', '.join(FUSIONS)}, got {fusion!r}")
+        require_choice("fusion", fusion, FUSIONS)
         return fusion, self.threshold if threshold is None else float(threshold)
 
     def predict(

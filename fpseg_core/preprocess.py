@@ -10,12 +10,11 @@ import torch
 import torch.nn.functional as F
 from PIL import Image as PILImage
 
+from .constants import INPUT_MODES, InputMode
 from .errors import InputImageError
 
 PIXEL_MEAN = (123.675, 116.28, 103.53)
 PIXEL_STD = (58.395, 57.12, 57.375)
-INPUT_MODES = ("squash", "letterbox")
-InputMode = Literal["squash", "letterbox"]
 ColorOrder = Literal["rgb", "bgr"]
 UINT16_MAX = np.iinfo(np.uint16).max
 GREY_MODES = ("1", "L", "LA")  # PIL modes read as H x W grey

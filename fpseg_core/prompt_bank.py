@@ -23,10 +23,10 @@ from safetensors.torch import load_file, save_file
 
 from .errors import PromptBankError
 from .files import SAFETENSORS_LENGTH_BYTES, atomic_write, file_kind, permission_message, unreadable_reason
+from .modeling.build import EMBED_DIM
 
 TENSOR_KEY = "prompt_embeddings"
 FORMAT = "fpseg-prompt-bank/1"
-EMBED_DIM = 256
 TOKEN_DTYPE = torch.float32
 ACCEPTED_DTYPES = (torch.float16, torch.bfloat16, torch.float32, torch.float64)
 STRING_FIELDS = ("encoder", "decoder_fingerprint", "source", "path")

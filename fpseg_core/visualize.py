@@ -9,6 +9,7 @@ from collections.abc import Sequence
 import numpy as np
 
 from . import cityscapes_labels
+from .constants import MAX_CLASSES
 
 NONE_COLOR = (0, 0, 0)
 
@@ -28,7 +29,7 @@ def palette(class_names: Sequence[str]) -> np.ndarray:
     """[256, 3] uint8 lookup table: row 0 for 'none', row 1 + i for bank class i, the rest black."""
     table = np.zeros((256, 3), dtype=np.uint8)
     table[0] = NONE_COLOR
-    for i, name in enumerate(class_names[:255]):
+    for i, name in enumerate(class_names[:MAX_CLASSES]):
         table[i + 1] = class_color(name)
     return table
 

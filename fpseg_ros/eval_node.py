@@ -13,15 +13,10 @@ Written against the rclpy API common to Humble and Jazzy.
 from __future__ import annotations
 
 import sys
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-import rclpy
-from rcl_interfaces.msg import IntegerRange, ParameterDescriptor
 from rclpy.exceptions import ParameterException
-from rclpy.executors import ExternalShutdownException
-from rclpy.logging import get_logger
 from rclpy.node import Node
 from rclpy.qos import DurabilityPolicy, HistoryPolicy, QoSProfile, ReliabilityPolicy
 from sensor_msgs.msg import Image
@@ -30,14 +25,13 @@ from vision_msgs.msg import LabelInfo
 
 from fpseg_core.replay.conventions import GT_TOPIC, LABEL_INFO_TOPIC, LABELS_TOPIC, STATS_TOPIC
 from fpseg_core.replay.evaluator import StreamEvaluator, StreamReport
-from fpseg_core.replay.pairing import DEFAULT_MAX_PENDING
-from fpseg_core.runtime.shutdown import DeferredSignals
+from fpseg_core.replay.parameters import EVAL_PARAMETERS
 from fpseg_ros.msg import SegmentationStats
+from fpseg_ros.parameters import descriptor
+from fpseg_ros.spin import run_node
 
 NODE_NAME = "fpseg_eval"
 LOG_THROTTLE_S = 5.0
-MAX_PENDING_RANGE = (1, 10_000)
-REPORT_EVERY_RANGE = (0, 1_000_000)
 # Reliable, so that no frame is lost between the nodes on the evaluator's side (a frame the fpseg node
 # itself skips is counted as unmatched ground truth). Compatible with the fpseg node's and the player's
 # reliable publishers.
@@ -46,44 +40,13 @@ LABEL_INFO_QOS = QoSProfile(history=HistoryPolicy.KEEP_LAST, depth=1, reliabilit
                             durability=DurabilityPolicy.TRANSIENT_LOCAL)
 
 
-@dataclass(frozen=True)
-class EvalParameter:
-    name: str
-    default: Any
-    description: str
-    integer_range: tuple[int, int] | None = None
-
-    def descriptor(self) -> ParameterDescriptor:
-        descriptor = ParameterDescriptor(description=self.description, read_only=True)
-        if self.integer_range:
-            low, high = self.integer_range
-            descriptor.integer_range = [IntegerRange(from_value=low, to_value=high, step=1)]
-        return descriptor
-
-
-PARAMETERS = (
-    EvalParameter("report_dir", "fpseg_eval",
-                  "Folder for results.json, results.md and confusion.png ('~' is expanded; relative to the "
-                  "working directory). Read-only."),
-    EvalParameter("title", "fpseg node on Cityscapes", "Title of the report. Read-only."),
-    EvalParameter("max_pending", DEFAULT_MAX_PENDING,
-                  "Frames that may wait for their partner (labels or ground truth); beyond that the oldest "
-                  "is counted as unmatched. Read-only.", MAX_PENDING_RANGE),
-    EvalParameter("report_on_shutdown", True, "Write the final report when the node shuts down. Read-only."),
-    EvalParameter("report_every", 100,
-                  "Rewrite the report, marked partial, every N matched frames, so that a run that is killed "
-                  "still leaves a valid report; 0 = only on ~/write_report and at shutdown. Read-only.",
-                  REPORT_EVERY_RANGE),
-)
-
-
 class EvalNode(Node):
     """Evaluates the fpseg node against /camera/gt_labels (see the module docstring)."""
 
     def __init__(self, **node_kwargs: Any) -> None:
         super().__init__(NODE_NAME, **node_kwargs)
         # rclpy refuses values of the wrong type or outside a declared range (ParameterException).
-        values = {p.name: self.declare_parameter(p.name, p.default, p.descriptor()).value for p in PARAMETERS}
+        values = {p.name: self.declare_parameter(p.name, p.default, descriptor(p)).value for p in EVAL_PARAMETERS}
         self.report_on_shutdown = bool(values["report_on_shutdown"])
         self._evaluator = StreamEvaluator(values["max_pending"])
         self._report = StreamReport(self._evaluator, Path(values["report_dir"]).expanduser(), values["title"],
@@ -155,25 +118,8 @@ class EvalNode(Node):
 
 
 def main(args: list[str] | None = None) -> int:
-    rclpy.init(args=args)
-    try:
-        node = EvalNode()
-    except (ParameterException, KeyboardInterrupt) as exc:
-        if not isinstance(exc, KeyboardInterrupt):
-            get_logger(NODE_NAME).fatal(f"cannot start: {exc}")
-        rclpy.try_shutdown()
-        return 0 if isinstance(exc, KeyboardInterrupt) else 1
-    try:
-        rclpy.spin(node)
-    except (KeyboardInterrupt, ExternalShutdownException):
-        pass
-    finally:
-        # The repeated SIGINT of `ros2 launch` (or a SIGTERM) must not cut the final report short: shutdown is
-        # already under way, so the signals are only recorded until it is done.
-        with DeferredSignals(redeliver=False):
-            node.shut_down()
-            rclpy.try_shutdown()
-    return 0
+    # The final report is written in shut_down, shielded from the repeated SIGINT of `ros2 launch`.
+    return run_node(args, EvalNode, NODE_NAME, (ParameterException,), EvalNode.shut_down)
 
 
 if __name__ == "__main__":

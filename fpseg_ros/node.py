@@ -12,11 +12,9 @@ import traceback
 from typing import Any
 
 import rclpy
-from rcl_interfaces.msg import FloatingPointRange, IntegerRange, ParameterDescriptor, SetParametersResult
+from rcl_interfaces.msg import SetParametersResult
 from rclpy.clock import Clock, ClockType
 from rclpy.exceptions import ParameterException
-from rclpy.executors import ExternalShutdownException
-from rclpy.logging import get_logger
 from rclpy.node import Node
 from rclpy.parameter import Parameter
 from rclpy.qos import DurabilityPolicy, HistoryPolicy, QoSProfile, ReliabilityPolicy
@@ -33,8 +31,9 @@ from fpseg_core.runtime.controller import (
 )
 from fpseg_core.runtime.image_codec import fill_image
 from fpseg_core.runtime.parameters import PARAMETERS, RUNTIME_PARAMETERS, ParameterSpec
-from fpseg_core.runtime.shutdown import DeferredSignals
 from fpseg_ros.msg import SegmentationStats
+from fpseg_ros.parameters import descriptor
+from fpseg_ros.spin import run_node
 from fpseg_ros.srv import LoadPrompts
 
 NODE_NAME = "fpseg"
@@ -49,23 +48,6 @@ STATS_QOS = QoSProfile(history=HistoryPolicy.KEEP_LAST, depth=10)
 # Latched: a late subscriber still gets the current label map.
 LABEL_INFO_QOS = QoSProfile(history=HistoryPolicy.KEEP_LAST, depth=1, reliability=ReliabilityPolicy.RELIABLE,
                             durability=DurabilityPolicy.TRANSIENT_LOCAL)
-
-
-def _descriptor(spec: ParameterSpec) -> ParameterDescriptor:
-    descriptor = ParameterDescriptor(
-        description=spec.description,
-        additional_constraints=spec.constraints,
-        read_only=spec.read_only,
-        dynamic_typing=spec.dynamic_typing,
-    )
-    if spec.integer_range:
-        descriptor.integer_range = [IntegerRange(from_value=spec.integer_range[0], to_value=spec.integer_range[1],
-                                                 step=1)]
-    if spec.float_range:
-        descriptor.floating_point_range = [
-            FloatingPointRange(from_value=spec.float_range[0], to_value=spec.float_range[1], step=0.0)
-        ]
-    return descriptor
 
 
 class FPSegNode(Node):
@@ -103,7 +85,7 @@ class FPSegNode(Node):
         )
 
     def _declare(self, spec: ParameterSpec, default: Any) -> Any:
-        value = self.declare_parameter(spec.name, default, _descriptor(spec)).value
+        value = self.declare_parameter(spec.name, default, descriptor(spec)).value
         reason = spec.check_choice(value)
         if reason:
             raise ValueError(reason)
@@ -217,30 +199,12 @@ class FPSegNode(Node):
 
 
 def main(args: list[str] | None = None) -> int:
-    rclpy.init(args=args)
-    try:
-        node = FPSegNode()
-    except KeyboardInterrupt:
-        rclpy.try_shutdown()
-        return 0
-    # Bad parameters (rclpy refuses a wrong type or an out-of-range value with a ParameterException, which
-    # is not a ValueError), unreadable files, a backend that cannot run here: say why, in one line, and exit.
-    except (ParameterException, FPSegError, ValueError, OSError, ImportError, RuntimeError) as exc:
-        get_logger(NODE_NAME).fatal(f"cannot start: {exc}")
-        rclpy.try_shutdown()
-        return 1
-    try:
-        rclpy.spin(node)
-    except (KeyboardInterrupt, ExternalShutdownException):
-        pass
-    finally:
-        # Under `ros2 launch` Ctrl-C arrives twice; the second SIGINT (or a SIGTERM) must not raise in the main
-        # thread while it waits for the frame in progress, or the process aborts with the inference thread
-        # inside a publish. Shutdown is already under way, so the signals are only recorded.
-        with DeferredSignals(redeliver=False):
-            node.destroy_node()
-            rclpy.try_shutdown()
-    return 1 if node.worker_died else 0
+    # Bad parameters (rclpy refuses a wrong type or an out-of-range value with a ParameterException, which is
+    # not a ValueError), unreadable files, a backend that cannot run here: say why, in one line, and exit 1;
+    # so does a dead inference thread (the watchdog shuts the node down), for respawn / systemd to restart it.
+    return run_node(args, FPSegNode, NODE_NAME,
+                    (ParameterException, FPSegError, ValueError, OSError, ImportError, RuntimeError),
+                    FPSegNode.destroy_node, lambda node: 1 if node.worker_died else 0)
 
 
 if __name__ == "__main__":

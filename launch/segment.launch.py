@@ -16,13 +16,10 @@ from launch.substitutions import LaunchConfiguration, PathJoinSubstitution
 from launch_ros.actions import Node
 from launch_ros.substitutions import FindPackageShare
 
+from fpseg_core.class_names import parse_class_list
+
 OVERRIDES = ("backend", "checkpoint", "prompts")
 RESPAWN_DELAY_S = 2.0
-
-
-def parse_classes(text: str) -> list[str]:
-    """'road,person' or '[road, person]' -> ['road', 'person']."""
-    return [name.strip() for name in text.strip().strip("[]").split(",") if name.strip()]
 
 
 def _fpseg_node(context, *_args, **_kwargs):
@@ -31,7 +28,7 @@ def _fpseg_node(context, *_args, **_kwargs):
 
     overrides = {name: arg(name) for name in OVERRIDES if arg(name)}
     if arg("classes"):
-        overrides["classes"] = parse_classes(arg("classes"))
+        overrides["classes"] = parse_class_list(arg("classes"))
     parameters = [arg("params_file")] if arg("params_file") else []
     if overrides:  # an empty dict would become an empty ros__parameters file
         parameters.append(overrides)

@@ -16,7 +16,7 @@ from fpseg_core.errors import InputImageError
 from fpseg_core.image_io import read_image
 from fpseg_core.jobs.options import resolve_config
 from fpseg_core.preprocess import to_rgb
-from fpseg_core.training.prompt_tuning import TrainConfig
+from fpseg_core.training.config import TrainConfig
 
 RAMP16 = np.linspace(0, 65535, 64 * 48).astype(np.uint16).reshape(48, 64)  # a 16-bit gradient, dark to bright
 

@@ -2,7 +2,8 @@
 
 safetensors and `tempfile.mkstemp` create files 0600 whatever the umask, so without care a bank written under
 umask 022 is unreadable to the ROS node running as another user. Each writer below runs under umask 022 and
-077 and every file it leaves must have mode 0o666 & ~umask. (ONNX exports are left to the export tests.)
+077 and every file it leaves must have mode 0o666 & ~umask. Engines need TensorRT and a GPU, so they
+are not covered here.
 """
 
 from __future__ import annotations
@@ -24,7 +25,7 @@ from fpseg_core.data.embeddings import EmbeddingHeader, EmbeddingStore
 from fpseg_core.evaluation.metrics import CityscapesConfusion, write_report
 from fpseg_core.jobs.options import save_config
 from fpseg_core.training.bookkeeping import save_state
-from fpseg_core.training.prompt_tuning import TrainConfig
+from fpseg_core.training.config import TrainConfig
 
 UMASKS = (0o022, 0o077)
 
@@ -78,8 +79,16 @@ def benchmark(out: Path) -> None:
                  "--plot", str(out / "bench.png")]) == 0
 
 
+def onnx_export(out: Path) -> None:
+    pytest.importorskip("onnx", reason="exports need onnx: pip install 'fpseg_ros[onnx]'")
+    from fpseg_core.export.onnx_export import export_onnx
+
+    config = tiny_config("mobilesam", n_classes=2, prompt_size=4, img_size=64)
+    export_onnx(build_fpseg(config).eval(), config, out / "export")
+
+
 WRITERS: dict[str, Callable[[Path], None]] = {f.__name__: f for f in (
-    bank, checkpoint, training_state, report, label_images, embeddings, bag, benchmark)}
+    bank, checkpoint, training_state, report, label_images, embeddings, bag, benchmark, onnx_export)}
 
 
 @pytest.fixture(params=UMASKS, ids=[f"umask{m:03o}" for m in UMASKS])

@@ -15,9 +15,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 from PIL import Image
-from training_workspace import QUICK_TRAIN, Workspace, fpseg, make_workspace, tiny_checkpoint
-
-from fpseg_core.training.bookkeeping import read_log
+from training_workspace import QUICK_TRAIN, Workspace, fpseg, make_workspace, read_log, tiny_checkpoint
 
 Case = tuple[list[object], list[Path]]  # argv, the outputs it writes (files or folders)
 

@@ -10,13 +10,22 @@ import numpy as np
 import pytest
 import torch
 from PIL import Image
-from training_workspace import CLASSES, IMG_SIZE, QUICK_TRAIN, Workspace, fpseg, make_workspace, tiny_checkpoint
+from training_workspace import (
+    CLASSES,
+    IMG_SIZE,
+    QUICK_TRAIN,
+    Workspace,
+    fpseg,
+    make_workspace,
+    read_log,
+    tiny_checkpoint,
+)
 
 from fpseg_core import FPSeg, PromptBank, decoder_fingerprint, load_checkpoint
 from fpseg_core.data.base import read_rgb
 from fpseg_core.data.embeddings import EmbeddingStore
 from fpseg_core.preprocess import preprocess
-from fpseg_core.training.bookkeeping import load_state, read_log
+from fpseg_core.training.bookkeeping import load_state
 
 
 @pytest.fixture(scope="module")

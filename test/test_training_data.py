@@ -20,11 +20,10 @@ from fpseg_core.data.cityscapes_dataset import CityscapesDataset, frame_stem
 from fpseg_core.data.embeddings import EmbeddingHeader, EmbeddingStore
 from fpseg_core.data.precompute import PrecomputeConfig
 from fpseg_core.data.sampling import draw_pairs, positive_probabilities, resize_mask
-from fpseg_core.evaluation.evaluate import EvalConfig
+from fpseg_core.evaluation.config import EvalConfig
 from fpseg_core.jobs.options import add_config_arguments, resolve_config
 from fpseg_core.training.bookkeeping import epoch_batches
-from fpseg_core.training.distill import DistillConfig
-from fpseg_core.training.prompt_tuning import TrainConfig
+from fpseg_core.training.config import DistillConfig, TrainConfig
 
 CONFIG_DIR = Path(__file__).resolve().parent.parent / "config"
 

@@ -9,10 +9,10 @@ from pathlib import Path
 
 import pytest
 import torch
-from training_workspace import CLASSES, QUICK_TRAIN, Workspace, fpseg, make_workspace
+from training_workspace import CLASSES, QUICK_TRAIN, Workspace, fpseg, make_workspace, read_log
 
 from fpseg_core import PromptBank
-from fpseg_core.training.bookkeeping import load_state, read_log
+from fpseg_core.training.bookkeeping import load_state
 
 REPO = Path(__file__).resolve().parent.parent
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import csv
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -16,6 +17,12 @@ IMG_SIZE = 64
 # Fast, clearly-learning settings for a few steps of prompt tuning on the synthetic set.
 QUICK_TRAIN = ["--prompt-size", "4", "--batch-size", "8", "--lr", "0.05", "--log-every", "1", "--num-workers", "0",
                "--val-samples-per-class", "6", "--no-progress"]
+
+
+def read_log(path: Path) -> list[dict[str, str]]:
+    """The rows of a training log (train_log.csv, val_log.csv), as strings by column."""
+    with open(path, newline="") as f:
+        return list(csv.DictReader(f))
 
 
 def fpseg(*args: object) -> int:

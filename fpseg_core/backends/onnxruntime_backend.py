@@ -9,8 +9,8 @@ import torch
 
 from ..artifacts import ExportError, ModelIdentity, check_model, check_prompt_size, read_sidecar
 from ..errors import FPSegError
+from ..modeling.build import EMBED_DIM
 from ..modeling.fpseg import FPSegModel
-from ..prompt_bank import EMBED_DIM
 
 VERIFY_TOLERANCE = 1e-3
 

@@ -6,10 +6,11 @@ import copy
 
 import torch
 
+from ..constants import DTYPE_NAMES, require_choice
 from ..modeling.fast_decoder import FastMaskDecoder
 from ..modeling.fpseg import FPSegModel
 
-DTYPES = {"fp32": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16}
+DTYPES = dict(zip(DTYPE_NAMES, (torch.float32, torch.bfloat16, torch.float16), strict=True))
 
 
 class TorchBackend:
@@ -24,8 +25,7 @@ class TorchBackend:
     name = "torch"
 
     def __init__(self, model: FPSegModel, device: torch.device, dtype: str = "fp32", class_chunk: int = 8) -> None:
-        if dtype not in DTYPES:
-            raise ValueError(f"dtype must be one of {', '.join(DTYPES)}, got {dtype!r}")
+        require_choice("dtype", dtype, DTYPE_NAMES)
         if dtype == "fp16" and device.type != "cuda":
             raise ValueError("dtype fp16 needs a CUDA device; on CPU use bf16 (or fp32)")
         self.device = device

@@ -5,8 +5,8 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
+from ..class_names import parse_class_list
 from ..replay.conventions import DEFAULT_RATE_HZ, START_TIME_NS, STORAGE_NAMES
-from .common import parse_class_list
 
 
 def register(subparsers: argparse._SubParsersAction) -> None:

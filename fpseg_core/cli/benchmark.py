@@ -26,7 +26,7 @@ from tqdm import tqdm
 
 from .._version import __version__
 from ..backends.cpu_memory import keep_freed_memory
-from ..constants import DEVICE_FORMS
+from ..constants import DEVICE_FORMS, FUSIONS
 from ..files import atomic_path, atomic_write_text, check_output
 from ..jobs.options import device_type
 from ..modeling.build import ENCODERS, FPSegConfig, tiny_config
@@ -56,7 +56,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     parser.add_argument("--warmup", type=int, default=1, help="untimed runs per point and pipeline")
     parser.add_argument("--baseline", action=argparse.BooleanOptionalAction, default=True,
                         help="also time the published baseline (default: yes)")
-    parser.add_argument("--fusion", choices=("argmax", "priority"), default="argmax")
+    parser.add_argument("--fusion", choices=FUSIONS, default="argmax")
     parser.add_argument("--threads", type=int, help="torch / onnxruntime CPU threads (default: torch's)")
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--json", type=Path, help="write all results here")

@@ -7,13 +7,11 @@ import sys
 import warnings
 from pathlib import Path
 
-from ..backends.torch_backend import DTYPES
-from ..constants import BACKENDS, DEVICE_FORMS
+from ..constants import BACKENDS, DEVICE_FORMS, DTYPE_NAMES, FUSIONS, INPUT_MODES
 from ..files import OutputExistsError
 from ..jobs.options import device_type
 from ..modeling.build import ENCODERS, tiny_config
 from ..predictor import FPSeg
-from ..preprocess import INPUT_MODES
 
 RANDOM_WARNING = "WARNING: --random-weights: the network is random, its labels mean nothing (smoke tests / timing)"
 
@@ -31,7 +29,7 @@ def add_model_arguments(parser: argparse.ArgumentParser) -> None:
     group.add_argument("--device", type=device_type, default="cpu", help=f"{DEVICE_FORMS} (default: cpu)")
     group.add_argument("--input-mode", choices=INPUT_MODES, default="squash",
                        help="squash the image to the encoder size (FPSeg) or letterbox it (SAM)")
-    group.add_argument("--fusion", choices=("argmax", "priority"), default="argmax")
+    group.add_argument("--fusion", choices=FUSIONS, default="argmax")
     group.add_argument("--threshold", type=float, default=0.0, help="a class is present where its logit > this")
     add_backend_arguments(group)
 
@@ -40,10 +38,11 @@ def add_backend_arguments(group: argparse._ActionsContainer) -> None:
     """--backend / --engine-dir / --dtype: where the network runs (see fpseg_core.backends)."""
     group.add_argument("--backend", choices=BACKENDS, default="auto",
                        help="auto: tensorrt if --engine-dir has engines and a GPU is usable, else onnxruntime "
-                            "if it has an ONNX export, else torch")
+                            "if it has an ONNX export; torch without --engine-dir (a missing or mismatched "
+                            "--engine-dir is an error)")
     group.add_argument("--engine-dir", type=Path,
                        help="folder written by `fpseg export-onnx` (and `fpseg build-engine`)")
-    group.add_argument("--dtype", choices=tuple(DTYPES), default="fp32", help="torch backend precision")
+    group.add_argument("--dtype", choices=DTYPE_NAMES, default="fp32", help="torch backend precision")
 
 
 def load_model(args: argparse.Namespace) -> FPSeg:
@@ -61,11 +60,6 @@ def load_model(args: argparse.Namespace) -> FPSeg:
                                  force_prompts=args.force_prompts, **options)
 
 
-def parse_class_list(text: str | None) -> list[str] | None:
-    """'road,person' -> ['road', 'person']; None stays None (all classes)."""
-    if text is None:
-        return None
-    return [name.strip() for name in text.split(",") if name.strip()]
 
 
 OVERWRITE_HELP = "replace outputs that already exist (default: refuse them, exit code 2)"

@@ -7,7 +7,9 @@ from pathlib import Path
 
 from ..jobs.distributed import is_main_process, shutdown_distributed
 from ..jobs.options import add_config_arguments, resolve_config
-from ..training.distill import CHECKPOINT_FILE, DistillConfig, distill
+from ..training.bookkeeping import CHECKPOINT_FILE
+from ..training.config import DistillConfig
+from ..training.distill import distill
 from .common import RUN_OVERWRITE_HELP, add_overwrite_argument, check_output_folder
 
 

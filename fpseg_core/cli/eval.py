@@ -5,7 +5,8 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
-from ..evaluation.evaluate import EvalConfig, evaluate
+from ..evaluation.config import EvalConfig
+from ..evaluation.evaluate import evaluate
 from ..evaluation.metrics import check_report_folder
 from ..jobs.distributed import shutdown_distributed
 from ..jobs.options import add_config_arguments, resolve_config

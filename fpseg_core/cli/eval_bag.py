@@ -7,9 +7,10 @@ import math
 from pathlib import Path
 
 from ..cityscapes_labels import TRAIN_ID_NAMES
+from ..class_names import parse_class_list
 from ..evaluation.metrics import check_report_folder
 from ..replay.conventions import GT_TOPIC, IMAGE_TOPIC, LABEL_INFO_TOPIC, LABELS_TOPIC, STATS_TOPIC
-from .common import add_model_arguments, add_overwrite_argument, check_output_folder, load_model, parse_class_list
+from .common import add_model_arguments, add_overwrite_argument, check_output_folder, load_model
 
 
 def register(subparsers: argparse._SubParsersAction) -> None:

@@ -8,9 +8,9 @@ from pathlib import Path
 from ..artifacts import EXPORT_OUTPUTS, check_outputs
 from ..backends.onnxruntime_backend import verify_export
 from ..checkpoint import load_checkpoint
+from ..constants import INPUT_MODES
 from ..export.onnx_export import DEFAULT_OPSET, export_onnx
 from ..modeling.build import ENCODERS
-from ..preprocess import INPUT_MODES
 from .common import add_overwrite_argument, check_output_folder
 
 

@@ -6,6 +6,7 @@ import argparse
 from pathlib import Path
 
 from ..checkpoint import load_checkpoint
+from ..files import file_kind
 from ..prompt_bank import PromptBank
 
 
@@ -25,7 +26,8 @@ def describe_bank(bank: PromptBank) -> list[str]:
 
 
 def run(args: argparse.Namespace) -> int:
-    if args.file.suffix == ".safetensors":
+    # by content, not by name: a bank renamed .pth is still described as a bank
+    if args.file.suffix == ".safetensors" or (args.file.is_file() and file_kind(args.file) == "safetensors"):
         lines = [f"{args.file}: prompt bank", *describe_bank(PromptBank.load(args.file))]
     else:
         loaded = load_checkpoint(args.file)

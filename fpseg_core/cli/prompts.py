@@ -6,8 +6,9 @@ import argparse
 from pathlib import Path
 
 from ..checkpoint import load_checkpoint
+from ..class_names import parse_class_list
 from ..files import check_output
-from .common import add_overwrite_argument, parse_class_list
+from .common import add_overwrite_argument
 
 
 def register(subparsers: argparse._SubParsersAction) -> None:

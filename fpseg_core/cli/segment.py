@@ -9,11 +9,12 @@ from pathlib import Path
 
 from tqdm import tqdm
 
+from ..class_names import parse_class_list
 from ..evaluation.metrics import write_png
 from ..files import check_output
 from ..image_io import read_image
 from ..visualize import blend, colorize, palette
-from .common import add_model_arguments, add_overwrite_argument, check_output_folder, load_model, parse_class_list
+from .common import add_model_arguments, add_overwrite_argument, check_output_folder, load_model
 
 OUTPUT_KINDS = ("labels", "color", "overlay")  # each image gives <stem>_<kind>.png
 

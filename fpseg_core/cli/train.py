@@ -7,7 +7,8 @@ from pathlib import Path
 
 from ..jobs.distributed import is_main_process, shutdown_distributed
 from ..jobs.options import add_config_arguments, resolve_config
-from ..training.prompt_tuning import BANK_FILE, TrainConfig, train
+from ..training.config import TrainConfig
+from ..training.prompt_tuning import BANK_FILE, train
 from .common import RUN_OVERWRITE_HELP, add_overwrite_argument, check_output_folder
 
 

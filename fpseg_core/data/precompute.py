@@ -11,11 +11,11 @@ from torch.utils.data import DataLoader
 from tqdm import tqdm
 
 from ..checkpoint import load_checkpoint
+from ..constants import INPUT_MODES, require_choice
 from ..jobs.distributed import DistContext, init_distributed
 from ..jobs.options import doc, option
 from ..modeling.build import FPSegConfig
 from ..modeling.fpseg import FPSegModel
-from ..preprocess import INPUT_MODES
 from . import open_dataset
 from .base import SegmentationDataset
 from .embeddings import DTYPES, EmbeddingHeader, EmbeddingStore, encoder_fingerprint
@@ -62,8 +62,7 @@ def create_store(model: FPSegModel, model_config: FPSegConfig, checkpoint: str |
     """The store at `out` for this model's encoder: created by rank 0, verified by every process."""
     if dtype not in DTYPES:
         raise ValueError(f"dtype must be one of {', '.join(DTYPES)}, got {dtype!r}")
-    if input_mode not in INPUT_MODES:
-        raise ValueError(f"input_mode must be one of {', '.join(INPUT_MODES)}, got {input_mode!r}")
+    require_choice("input_mode", input_mode, INPUT_MODES)
     header = EmbeddingHeader(model_config.encoder, encoder_fingerprint(model.state_dict()), model_config.img_size,
                              input_mode, dtype, Path(checkpoint).name)
     if ctx.is_main:

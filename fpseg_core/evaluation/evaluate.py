@@ -8,7 +8,6 @@ does from the label images FPSeg's pipeline produces (all 19 benchmark classes r
 from __future__ import annotations
 
 import sys
-from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -22,48 +21,19 @@ from ..data import open_dataset
 from ..data.cityscapes_dataset import CityscapesDataset
 from ..data.embeddings import EmbeddingStore, encoder_fingerprint
 from ..data.precompute import create_store, encode_splits
-from ..data.sampling import P_NEG_MAX, ClassWiseSamples, draw_pairs
+from ..data.sampling import ClassWiseSamples, draw_pairs
 from ..errors import PromptBankError
 from ..fusion import fuse
 from ..jobs.distributed import DistContext, init_distributed
-from ..jobs.options import doc, option
 from ..modeling.build import FPSegConfig
 from ..modeling.fpseg import FPSegModel
 from ..preprocess import Geometry, postprocess_logits
 from ..prompt_bank import PromptBank, decoder_fingerprint
 from .binary import evaluate_binary_iou
+from .config import EvalConfig
 from .metrics import CityscapesConfusion, bank_labels_to_label_ids, write_png, write_report
 
 EVAL_STREAM = 2_000_003  # seeds the sampled binary-IoU examples
-
-
-@dataclass
-class EvalConfig:
-    data: str = option("", "dataset root (Cityscapes layout, or a custom images/ + masks/ folder)")
-    dataset: str = option("cityscapes", "dataset kind: cityscapes or custom")
-    split: str = option("val", "split to evaluate")
-    checkpoint: str = option("", "SAM / MobileSAM / FPSeg / fpseg_ros checkpoint")
-    encoder: str | None = option(None, "refuse a checkpoint of another encoder")
-    prompts: str | None = option(None, "prompt bank (.safetensors); default: the checkpoint's own")
-    force_prompts: bool = option(False, "use a bank tuned for another decoder anyway")
-    embeddings: str | None = option(None, "precomputed embeddings of the split (default: encoded into "
-                                          "<out>/embeddings, resumable)")
-    input_mode: str = option("squash", "squash (FPSeg) or letterbox (SAM) when encoding here (no --embeddings)")
-    classes: list[str] | None = field(default=None, metadata=doc(
-        "classes for the binary IoU (default: every bank class the dataset has labels for)"))
-    samples_per_class: int = option(500, "binary-IoU examples per class (the paper: 500)")
-    p_neg_max: float = option(P_NEG_MAX, "at most this share of a class's examples lack the class")
-    miou: bool = option(True, "compute the Cityscapes 19-class mIoU over the split (Cityscapes only)")
-    threshold: float = option(0.0, "a class is present where its logit > this (mIoU label images)")
-    max_images: int | None = option(None, "mIoU over the first N images only (quick looks)")
-    save_predictions: bool = option(False, "write the mIoU label images as <out>/predictions/<city>/"
-                                           "<stem>_pred_labelIds.png (scorable with `fpseg eval-labels`)")
-    seed: int = option(0, "seed of the sampled binary-IoU examples")
-    out: str = option("runs/eval", "report folder: results.json, results.md, confusion.png")
-    batch_size: int = option(16, "examples per decoder pass (binary IoU) / images per encoder pass")
-    device: str = option("cpu", "cpu, cuda or cuda:N")
-    num_workers: int = option(4, "data-loading worker processes (0: in the main process)")
-    progress: bool = option(True, "show progress bars")
 
 
 def _load(config: EvalConfig) -> tuple[FPSegModel, FPSegConfig, PromptBank]:

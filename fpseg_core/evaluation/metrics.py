@@ -17,6 +17,7 @@ from PIL import Image
 from tqdm import tqdm
 
 from ..cityscapes_labels import CATEGORIES, CLASS_BY_NAME, CLASSES, IGNORE_TRAIN_ID, TRAIN_ID_NAMES
+from ..constants import MAX_CLASSES
 from ..data.cityscapes_dataset import frame_stem, list_label_files
 from ..files import atomic_path, atomic_write, atomic_write_text, check_output
 
@@ -56,8 +57,9 @@ def bank_labels_to_label_ids(labels: np.ndarray, bank_names: Sequence[str]) -> n
     names that are not Cityscapes classes have none: both also become 0, i.e. count as "no prediction" in the
     Cityscapes evaluation. Evaluate with the 19 benchmark classes requested to avoid that.
     """
-    if len(bank_names) > 255:
-        raise ValueError(f"label images are uint8: at most 255 bank entries, got {len(bank_names)}")
+    if len(bank_names) > MAX_CLASSES:
+        raise ValueError(f"label values stop at {MAX_CLASSES}: at most {MAX_CLASSES} bank entries, got "
+                         f"{len(bank_names)}")
     lut = np.zeros(256, dtype=np.uint8)
     for i, name in enumerate(bank_names):
         cls = CLASS_BY_NAME.get(name)

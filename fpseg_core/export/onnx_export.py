@@ -32,13 +32,12 @@ from ..artifacts import (
     encoder_fingerprint,
     file_entry,
 )
-from ..constants import MAX_CLASSES
+from ..constants import INPUT_MODES, MAX_CLASSES, require_choice
 from ..files import atomic_path, atomic_write_text
-from ..modeling.build import FPSegConfig
+from ..modeling.build import EMBED_DIM, FPSegConfig
 from ..modeling.fast_decoder import FastMaskDecoder
 from ..modeling.fpseg import FPSegModel
-from ..preprocess import INPUT_MODES
-from ..prompt_bank import EMBED_DIM, decoder_fingerprint
+from ..prompt_bank import decoder_fingerprint
 
 DEFAULT_OPSET = 17
 EXPORTER = "torch.onnx.export (TorchScript-based, dynamo=False)"
@@ -78,8 +77,7 @@ def export_onnx(
 
     A folder that already holds any of these files is refused unless `overwrite` (`--overwrite`).
     """
-    if input_mode not in INPUT_MODES:
-        raise ValueError(f"input_mode must be one of {', '.join(INPUT_MODES)}, got {input_mode!r}")
+    require_choice("input_mode", input_mode, INPUT_MODES)
     out = Path(out_dir)
     check_outputs(out, EXPORT_OUTPUTS, overwrite)
     out.mkdir(parents=True, exist_ok=True)

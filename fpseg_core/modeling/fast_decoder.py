@@ -18,30 +18,12 @@
 
 from __future__ import annotations
 
-import math
-
 import torch
 import torch.nn.functional as F
 from torch import nn
 
 from .fpseg import FPSegModel
-from .transformer import Attention
-
-
-def _split_heads(x: torch.Tensor, num_heads: int) -> torch.Tensor:
-    """[B, n, heads * d] -> [B, heads, n, d]."""
-    b, n, c = x.shape
-    return x.view(b, n, num_heads, c // num_heads).transpose(1, 2)
-
-
-def _merge_heads(x: torch.Tensor) -> torch.Tensor:
-    """[B, heads, n, d] -> [B, n, heads * d]."""
-    b, h, n, d = x.shape
-    return x.transpose(1, 2).reshape(b, n, h * d)
-
-
-def _scale(attention: Attention) -> float:
-    return 1.0 / math.sqrt(attention.internal_dim // attention.num_heads)
+from .transformer import merge_heads, split_heads
 
 
 class FastMaskDecoder(nn.Module):
@@ -83,9 +65,9 @@ class FastMaskDecoder(nn.Module):
         t2i, i2t = layer.cross_attn_token_to_image, layer.cross_attn_image_to_token
         src_pos = src + pos
         return (
-            _split_heads(t2i.k_proj(src_pos), t2i.num_heads),
-            _split_heads(t2i.v_proj(src), t2i.num_heads),
-            _split_heads(i2t.q_proj(src_pos), i2t.num_heads),
+            split_heads(t2i.k_proj(src_pos), t2i.num_heads),
+            split_heads(t2i.v_proj(src), t2i.num_heads),
+            split_heads(i2t.q_proj(src_pos), i2t.num_heads),
         )
 
     def _decode_classes(
@@ -112,15 +94,15 @@ class FastMaskDecoder(nn.Module):
         n, t, _ = tokens.shape
         queries = layer.norm1(layer.self_attn(q=tokens, k=tokens, v=tokens))
         # token->image: the image keys / values are shared, so all classes' tokens form one query sequence.
-        q = _split_heads(t2i.q_proj(queries + tokens).reshape(1, n * t, -1), t2i.num_heads)
-        attn = F.scaled_dot_product_attention(q, image_keys, image_values, scale=_scale(t2i))
-        queries = layer.norm2(queries + t2i.out_proj(_merge_heads(attn).reshape(n, t, -1)))
+        q = split_heads(t2i.q_proj(queries + tokens).reshape(1, n * t, -1), t2i.num_heads)
+        attn = F.scaled_dot_product_attention(q, image_keys, image_values, scale=t2i.scale)
+        queries = layer.norm2(queries + t2i.out_proj(merge_heads(attn).reshape(n, t, -1)))
         queries = layer.norm3(queries + layer.mlp(queries))
         # image->token: the image queries are shared, the token keys / values are per class.
-        k = _split_heads(i2t.k_proj(queries + tokens), i2t.num_heads)
-        v = _split_heads(i2t.v_proj(queries), i2t.num_heads)
-        attn = F.scaled_dot_product_attention(image_queries.expand(n, -1, -1, -1), k, v, scale=_scale(i2t))
-        keys = layer.norm4(src + i2t.out_proj(_merge_heads(attn)))
+        k = split_heads(i2t.k_proj(queries + tokens), i2t.num_heads)
+        v = split_heads(i2t.v_proj(queries), i2t.num_heads)
+        attn = F.scaled_dot_product_attention(image_queries.expand(n, -1, -1, -1), k, v, scale=i2t.scale)
+        keys = layer.norm4(src + i2t.out_proj(merge_heads(attn)))
         return queries, keys
 
     @staticmethod
@@ -147,7 +129,7 @@ class FastMaskDecoder(nn.Module):
         q = attention.q_proj(query).view(-1, heads, d)  # [n, heads, d]
         # score = q . (Wk x + bk) = (q Wk) . x + q . bk; the second term is the same for all x.
         q_keys = torch.einsum("nhd,hdc->nhc", q, attention.k_proj.weight.view(heads, d, c))
-        scores = (q_keys @ keys.transpose(1, 2) + q_keys @ pos.transpose(1, 2)) * _scale(attention)
+        scores = (q_keys @ keys.transpose(1, 2) + q_keys @ pos.transpose(1, 2)) * attention.scale
         context = scores.softmax(dim=-1) @ keys  # [n, heads, C]; softmax weights sum to 1, so bv passes
         values = torch.einsum("nhc,hdc->nhd", context, attention.v_proj.weight.view(heads, d, c))
         values = values + attention.v_proj.bias.view(heads, d)

@@ -11,6 +11,18 @@ from torch import nn
 from .common import MLPBlock
 
 
+def split_heads(x: torch.Tensor, num_heads: int) -> torch.Tensor:
+    """[B, n, heads * d] -> [B, heads, n, d]."""
+    b, n, c = x.shape
+    return x.reshape(b, n, num_heads, c // num_heads).transpose(1, 2)
+
+
+def merge_heads(x: torch.Tensor) -> torch.Tensor:
+    """[B, heads, n, d] -> [B, n, heads * d]."""
+    b, h, n, d = x.shape
+    return x.transpose(1, 2).reshape(b, n, h * d)
+
+
 class Attention(nn.Module):
     """Multi-head attention with an optional down-projection of the internal width.
 
@@ -29,17 +41,16 @@ class Attention(nn.Module):
         self.v_proj = nn.Linear(embedding_dim, self.internal_dim)
         self.out_proj = nn.Linear(self.internal_dim, embedding_dim)
 
-    def _split_heads(self, x: torch.Tensor) -> torch.Tensor:
-        b, n, c = x.shape
-        return x.reshape(b, n, self.num_heads, c // self.num_heads).transpose(1, 2)
+    @property
+    def scale(self) -> float:
+        """The softmax scale, 1 / sqrt(head width)."""
+        return 1.0 / math.sqrt(self.internal_dim // self.num_heads)
 
     def forward(self, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor) -> torch.Tensor:
-        q = self._split_heads(self.q_proj(q))
-        k = self._split_heads(self.k_proj(k))
-        v = self._split_heads(self.v_proj(v))
-        out = F.scaled_dot_product_attention(q, k, v, scale=1.0 / math.sqrt(q.shape[-1]))
-        b, h, n, d = out.shape
-        return self.out_proj(out.transpose(1, 2).reshape(b, n, h * d))
+        q = split_heads(self.q_proj(q), self.num_heads)
+        k = split_heads(self.k_proj(k), self.num_heads)
+        v = split_heads(self.v_proj(v), self.num_heads)
+        return self.out_proj(merge_heads(F.scaled_dot_product_attention(q, k, v, scale=self.scale)))
 
 
 class TwoWayAttentionBlock(nn.Module):

@@ -17,7 +17,7 @@ from typing import Any
 import numpy as np
 
 from fpseg_core.files import atomic_write_text
-from fpseg_core.runtime.image_codec import MalformedImageError, decode_image
+from fpseg_core.runtime.image_codec import MalformedImageError, decode_image, stamp_ns
 
 from ..evaluation.metrics import CityscapesConfusion, bank_labels_to_label_ids, write_report
 from .pairing import DEFAULT_MAX_PENDING, StampPairer, bank_names_from_class_map
@@ -31,11 +31,6 @@ STATS_FIELDS = ("latency_ms", "inference_ms", "preprocess_ms", "encoder_ms", "de
 def stats_timings(stats: Any) -> dict[str, float]:
     """Stage timings of a SegmentationStats message (or the node's FrameStats), keyed without '_ms'."""
     return {name.removesuffix("_ms"): float(getattr(stats, name)) for name in STATS_FIELDS}
-
-
-def stamp_ns(header: Any) -> int:
-    """A std_msgs/Header's stamp in nanoseconds since the epoch."""
-    return int(header.stamp.sec) * 1_000_000_000 + int(header.stamp.nanosec)
 
 
 class LatencyStats:

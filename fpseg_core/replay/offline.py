@@ -17,9 +17,10 @@ from typing import Any
 from fpseg_core.runtime.controller import FrameResult, SegmentationController
 
 from ..predictor import FPSeg
+from ..runtime.image_codec import stamp_ns
 from .bag_reader import BagReader
 from .conventions import GT_TOPIC, IMAGE_TOPIC, LABEL_INFO_TOPIC, LABELS_TOPIC, STATS_TOPIC
-from .evaluator import StreamEvaluator, stamp_ns
+from .evaluator import StreamEvaluator
 from .pairing import DEFAULT_MAX_PENDING
 
 GT_HINT = "Convert the bag with `fpseg bag-from-cityscapes ... --with-gt`"

@@ -10,6 +10,8 @@ from collections.abc import Iterable
 from dataclasses import asdict, dataclass
 from typing import Any, Generic, TypeVar
 
+from ..constants import MAX_CLASSES
+
 Prediction = TypeVar("Prediction")
 GroundTruth = TypeVar("GroundTruth")
 Pair = tuple[int, Prediction, GroundTruth]
@@ -103,8 +105,9 @@ def bank_names_from_class_map(class_map: Iterable[tuple[int, str]]) -> list[str]
     """
     names: dict[int, str] = {}
     for class_id, name in class_map:
-        if class_id < 0 or class_id > 255:
-            raise ValueError(f"class_id {class_id} ({name!r}) is outside the uint8 label range 0..255")
+        if class_id < 0 or class_id > MAX_CLASSES:
+            raise ValueError(f"class_id {class_id} ({name!r}) is outside the label range 0..{MAX_CLASSES} (255 is "
+                             "vision_msgs' 'unlabeled')")
         if class_id in names and names[class_id] != name:
             raise ValueError(f"class_id {class_id} is listed twice, as {names[class_id]!r} and {name!r}")
         if class_id:

@@ -23,7 +23,7 @@ from fpseg_core.preprocess import to_rgb
 from fpseg_core.prompt_bank import PromptBank
 from fpseg_core.visualize import blend, colorize, palette
 
-from .image_codec import DecodedImage, MalformedImageError, decode_compressed, decode_image
+from .image_codec import DecodedImage, MalformedImageError, decode_compressed, decode_image, stamp_ns
 from .latest_frame_worker import LatestFrameWorker
 from .parameters import PARAMETER_BY_NAME, RUNTIME_PARAMETERS
 from .stats import RollingStats
@@ -128,13 +128,6 @@ def load_pipeline(
 
 def probability_to_logit(probability: float) -> float:
     return math.log(probability / (1.0 - probability))
-
-
-def _stamp_ns(header: Any) -> int:
-    try:
-        return int(header.stamp.sec) * 1_000_000_000 + int(header.stamp.nanosec)
-    except (AttributeError, TypeError, ValueError) as exc:
-        raise MalformedImageError(f"image header has no valid stamp ({exc})") from None
 
 
 def _message(exc: BaseException) -> str:
@@ -363,7 +356,7 @@ class SegmentationController:
             received_ns = self._clock_ns()
             image = self._decode(msg)
             header = msg.header
-            start_ns = _stamp_ns(header) or received_ns  # unstamped images: latency from arrival
+            start_ns = stamp_ns(header) or received_ns  # unstamped images: latency from arrival
         except MalformedImageError as exc:
             self._rejected += 1
             return Rejection(f"dropped a malformed image message: {exc}", malformed=True)

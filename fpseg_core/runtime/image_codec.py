@@ -129,6 +129,14 @@ def _as_bytes(data: Any) -> np.ndarray:
     return values.astype(np.uint8)
 
 
+def stamp_ns(header: Any) -> int:
+    """A std_msgs/Header's stamp in nanoseconds since the epoch; MalformedImageError if it has none."""
+    try:
+        return int(header.stamp.sec) * 1_000_000_000 + int(header.stamp.nanosec)
+    except (AttributeError, TypeError, ValueError) as exc:
+        raise MalformedImageError(f"message header has no valid stamp ({exc})") from None
+
+
 def _dimension(msg: Any, field: str) -> int:
     value = getattr(msg, field, None)
     if isinstance(value, bool) or not isinstance(value, (int, np.integer)):

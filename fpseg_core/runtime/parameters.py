@@ -6,7 +6,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Any
 
-from fpseg_core.constants import BACKENDS, FUSIONS, INPUT_MODES, MAX_CLASSES
+from fpseg_core.constants import BACKENDS, FUSIONS, INPUT_MODES, MAX_CLASSES, choice_error
 
 RESTART = "Read-only: set it at launch (restart the node to change it)."
 
@@ -40,9 +40,7 @@ class ParameterSpec:
 
     def check_choice(self, value: Any) -> str | None:
         """Reason `value` is not one of the allowed choices, or None when it is (or there are none)."""
-        if self.choices and value not in self.choices:
-            return f"{self.name} must be one of {', '.join(self.choices)}, got {value!r}"
-        return None
+        return choice_error(self.name, value, self.choices) if self.choices else None
 
 
 PARAMETERS: tuple[ParameterSpec, ...] = (
@@ -60,7 +58,8 @@ PARAMETERS: tuple[ParameterSpec, ...] = (
     ParameterSpec(
         "backend", "auto",
         "Inference backend. auto: tensorrt where engine_dir holds engines and a GPU is usable, else "
-        "onnxruntime where it holds an ONNX export, else torch (the log says which and why). " + RESTART,
+        "onnxruntime where it holds an ONNX export; torch only when engine_dir is empty. An engine_dir that "
+        "is missing or does not match the model is an error, never a silent fallback. " + RESTART,
         read_only=True, choices=BACKENDS,
     ),
     ParameterSpec(

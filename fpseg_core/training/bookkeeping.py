@@ -1,4 +1,5 @@
-"""What every training loop shares: deterministic batches, resumable state files, CSV / TensorBoard logs."""
+"""What every training loop shares: deterministic batches, resumable state files, CSV / TensorBoard logs, and
+the loop itself, which drives a command's job (its data, model and files; see `TrainingJob`)."""
 
 from __future__ import annotations
 
@@ -6,18 +7,23 @@ import csv
 import math
 import pickle
 import shutil
+import sys
 import time
-from collections.abc import Callable, Iterable, Sequence
+from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, Generic, Protocol, TypeVar
 
 import numpy as np
 import torch
+from torch import nn
+from torch.nn.parallel import DistributedDataParallel
+from torch.utils.data import DataLoader, Dataset
 from tqdm import tqdm
 
 from ..files import OutputExistsError, atomic_write
 from ..jobs.distributed import DistContext
+from ..jobs.options import save_config
 
 STATE_FORMAT = "fpseg-train-state/1"
 # File names every training command writes in its output folder.
@@ -143,11 +149,6 @@ class MetricLog:
             self._writer.close()
 
 
-def read_log(path: Path) -> list[dict[str, str]]:
-    with open(path, newline="") as f:
-        return list(csv.DictReader(f))
-
-
 @dataclass
 class LoopSettings:
     """The schedule of a training loop (steps count over all processes: one step = one global batch)."""
@@ -177,23 +178,134 @@ class LoopProgress:
         return self.best is None or (value > self.best if higher_is_better else value < self.best)
 
 
-def run_training_loop(
-    settings: LoopSettings,
-    ctx: DistContext,
-    out: Path,
-    progress: LoopProgress,
-    batches: Callable[[int, int, int], Iterable[Any]],
-    train_step: Callable[[Any], float],
-    validate: Callable[[int], float] | None,
-    on_best: Callable[[LoopProgress], None],
-    save: Callable[[LoopProgress], None],
-) -> LoopProgress:
-    """Epochs of steps with logging, validation, best-checkpoint keeping and resume states.
+class TrainingJob(Protocol):
+    """What `run_training_loop` asks of a training command's job."""
 
-    batches(epoch, first_step, n_steps): this process's batches of an epoch from `first_step` on, at most
-    n_steps of them. train_step(batch) -> this process's loss. validate(step) -> metric (all processes
-    call it; it sums over them). on_best / save run on rank 0 only. Without validation the final state
-    counts as best. Logs: out/train_log.csv and out/val_log.csv (rank 0).
+    def batches(self, epoch: int, first_step: int, n_steps: int) -> Iterable[Any]:
+        """This process's batches of `epoch` from step `first_step` on, at most `n_steps` of them."""
+
+    def train_step(self, batch: Any) -> float:
+        """One optimisation step on `batch`; this process's loss."""
+
+    def validate(self, step: int) -> float:
+        """The validation metric after `step` steps (every process calls it; it sums over them)."""
+
+    def on_best(self, progress: LoopProgress) -> None:
+        """Keep the model as it is now as the run's result (rank 0)."""
+
+    def save(self, progress: LoopProgress) -> None:
+        """Write the resume state (rank 0)."""
+
+
+class RunOptions(Protocol):
+    """The options every training command has (see fpseg_core/training/config.py)."""
+
+    out: str
+    resume: bool
+    seed: int
+    batch_size: int
+    epochs: int
+    max_steps: int | None
+    val_every: int
+    log_every: int
+    save_every: int
+    num_workers: int
+    tensorboard: bool
+    progress: bool
+
+
+OptionsT = TypeVar("OptionsT", bound=RunOptions)
+
+
+class ResumableJob(Generic[OptionsT]):
+    """What the training commands' jobs share: options, seed, batches, optimiser steps and the resume state.
+
+    A subclass builds its data and model, and sets `optimizer`, `identity` (what a saved state must match to
+    be resumed) and `settings`; `state_tensors` / `load_state_tensors` say what else its state holds.
+    """
+
+    outputs: tuple[str, ...] = RUN_OUTPUTS  # what a new run in `out` deletes first
+    optimizer: torch.optim.Optimizer
+    identity: dict[str, Any]
+    settings: LoopSettings
+
+    def __init__(self, config: OptionsT, ctx: DistContext) -> None:
+        if config.batch_size % ctx.world_size:
+            raise ValueError(f"batch_size {config.batch_size} must be divisible by the {ctx.world_size} processes")
+        torch.manual_seed(config.seed)
+        self.config = config
+        self.ctx = ctx
+        self.out = Path(config.out)
+
+    def state_tensors(self) -> dict[str, Any]:
+        """What the resume state holds besides the progress and the optimiser (the trained weights)."""
+        raise NotImplementedError
+
+    def load_state_tensors(self, state: dict[str, Any]) -> None:
+        """Restore what `state_tensors` saved."""
+        raise NotImplementedError
+
+    def loop_settings(self, steps_in_epoch: int, metric: str, higher_is_better: bool) -> LoopSettings:
+        c = self.config
+        return LoopSettings(
+            total_steps=c.max_steps if c.max_steps is not None else c.epochs * steps_in_epoch,
+            steps_per_epoch=steps_in_epoch, log_every=c.log_every, save_every=c.save_every, val_every=c.val_every,
+            metric=metric, higher_is_better=higher_is_better, progress=c.progress, tensorboard=c.tensorboard,
+        )
+
+    def parallel(self, module: nn.Module) -> nn.Module:
+        """`module` as the training steps call it: under DistributedDataParallel when there are processes."""
+        return DistributedDataParallel(module) if self.ctx.distributed else module
+
+    def loader(self, items: Dataset, epoch: int, first_step: int, n_steps: int) -> DataLoader:
+        """This process's batches of `items` for an epoch (see `epoch_batches`), at most `n_steps` of them."""
+        c = self.config
+        steps = epoch_batches(len(items), c.batch_size, c.seed, epoch, self.ctx.rank, self.ctx.world_size,
+                              first_step)
+        return DataLoader(items, batch_sampler=steps[:n_steps], num_workers=c.num_workers)
+
+    def optimizer_step(self, loss: torch.Tensor) -> float:
+        """Step the optimiser on `loss`; its value."""
+        self.optimizer.zero_grad(set_to_none=True)
+        loss.backward()
+        self.optimizer.step()
+        return float(loss.detach())
+
+    def resume_or_start(self, resuming: bool) -> LoopProgress:
+        """Continue the run saved in `out` (`resuming`: see `claim_run_folder`) or start a new one there (its
+        previous outputs deleted); the progress the loop starts from. Rank 0 writes the configuration."""
+        path = self.out / STATE_FILE
+        progress = LoopProgress()
+        if resuming:
+            state = load_state(path)
+            check_resumable(state, self.identity, path)
+            self.load_state_tensors(state)
+            self.optimizer.load_state_dict(state["optimizer"])
+            progress = LoopProgress(state["step"], state["best_metric"], state["best_step"])
+            if self.ctx.is_main:
+                print(f"resuming {self.out} at step {progress.step}", file=sys.stderr)
+        elif self.config.resume and self.ctx.is_main:
+            print(f"no {path} to resume from; starting a new run", file=sys.stderr)
+        if self.ctx.is_main:
+            if not resuming:
+                clear_run_folder(self.out, self.outputs)
+            save_config(self.config, self.out / CONFIG_FILE)
+        return progress
+
+    def save(self, progress: LoopProgress) -> None:
+        save_state(self.out / STATE_FILE, {
+            **self.identity, "step": progress.step, "best_metric": progress.best, "best_step": progress.best_step,
+            **self.state_tensors(), "optimizer": self.optimizer.state_dict(),
+        })
+
+
+def run_training_loop(settings: LoopSettings, ctx: DistContext, out: Path, progress: LoopProgress,
+                      job: TrainingJob) -> LoopProgress:
+    """Epochs of `job`'s steps with logging, validation, best-checkpoint keeping and resume states.
+
+    Validation (settings.val_every) calls job.validate on every process; job.on_best and job.save run on
+    rank 0 only. Without validation the final state counts as best. Logs: out/train_log.csv and
+    out/val_log.csv (rank 0).
     """
     if ctx.is_main:
         out.mkdir(parents=True, exist_ok=True)
@@ -207,8 +319,8 @@ def run_training_loop(
     losses: list[float] = []
     while progress.step < total:
         epoch, first = divmod(progress.step, settings.steps_per_epoch)
-        for batch in batches(epoch, first, total - progress.step):
-            losses.append(train_step(batch))
+        for batch in job.batches(epoch, first, total - progress.step):
+            losses.append(job.train_step(batch))
             progress.step += 1
             bar.update(1)
             if progress.step % settings.log_every == 0 or progress.step == total:
@@ -218,24 +330,24 @@ def run_training_loop(
                     train_log.log(progress.step, epoch=epoch, loss=loss_sum / count)
                     bar.set_postfix(loss=f"{loss_sum / count:.4f}")
             if settings.save_every and progress.step % settings.save_every == 0 and ctx.is_main:
-                save(progress)
+                job.save(progress)
         epoch_done = progress.step % settings.steps_per_epoch == 0
-        if validate is not None and settings.val_every and (
+        if settings.val_every and (
                 progress.step == total or (epoch_done and (epoch + 1) % settings.val_every == 0)):
-            value = float(validate(progress.step))  # a plain float: the resume state must load weights_only
+            value = float(job.validate(progress.step))  # a plain float: the resume state must load weights_only
             if progress.improves(value, settings.higher_is_better):
                 progress.best, progress.best_step = value, progress.step
                 if ctx.is_main:
-                    on_best(progress)
+                    job.on_best(progress)
             if ctx.is_main:
                 val_log.log(progress.step, epoch=epoch, **{settings.metric: value,
                                                            f"best_{settings.metric}": progress.best})
         if ctx.is_main:
-            save(progress)
+            job.save(progress)
     bar.close()
     if ctx.is_main:
-        if validate is None or not settings.val_every:
-            on_best(progress)
+        if not settings.val_every:
+            job.on_best(progress)
         train_log.close()
     ctx.barrier()
     return progress
