@@ -29,7 +29,9 @@ setup(
     ],
     extras_require={
         "onnx": ["onnx>=1.15", "onnxruntime>=1.17", "onnxscript>=0.1"],
-        "tensorrt": ["tensorrt>=10.0"],
+        # TensorRT 8.6 to 10.x (11 is refused until strongly typed builds exist). Not for Jetson: pip has no
+        # TensorRT for it; use JetPack's python3-libnvinfer from a `python3 -m venv --system-site-packages` venv.
+        "tensorrt": ["tensorrt>=8.6,<11"],
         "bag": ["rosbags>=0.10", "mcap>=1.1"],
         "plot": ["matplotlib>=3.7"],
         "test": [

@@ -2,9 +2,11 @@
 and every check that binds them to the model they were made from.
 
 `fpseg_onnx.json` (written last by `fpseg export-onnx`) records the encoder and decoder weight fingerprints,
-the image size, the prompt size, the input mode, the opset and each graph's size and sha256;
-`fpseg_engines.json` (written last by `fpseg build-engine`) records the TensorRT version, the class range,
-each engine's size and sha256, and the ONNX manifest the engines were built from. A backend that runs an
+the image size, the prompt size, the input mode, the opset, each graph's ONNX op types and each graph's size
+and sha256; `fpseg_engines.json` (written last by `fpseg build-engine`) records the TensorRT version, the
+GPU's compute capability and name, each engine's precision, TF32, the decoder's class profile
+(min / opt / max), each engine's size and sha256, and the ONNX manifest the engines were built from. Engines
+run only under the TensorRT version and on the GPU architecture they were built for. A backend that runs an
 export or engines checks them against the loaded model when it is built, and every prompt bank swapped in
 against the prompt size; any mismatch is an ExportError naming the field, both values and the command
 that fixes it. Nothing here imports `export/` or `backends/`: both import this module.
@@ -36,8 +38,11 @@ GRAPH_FILES = {"encoder": ENCODER_FILE, "decoder": DECODER_FILE}
 ENGINE_FILES = {"encoder": "encoder.engine", "decoder": "decoder.engine"}
 EXPORT_OUTPUTS = (SIDECAR, *GRAPH_FILES.values())  # what `fpseg export-onnx` refuses to replace
 ENGINE_OUTPUTS = (ENGINE_SIDECAR, *ENGINE_FILES.values())  # what `fpseg build-engine` refuses to replace
-FORMAT = "fpseg-onnx-export/2"
-ENGINE_FORMAT = "fpseg-tensorrt-engines/2"
+FORMAT = "fpseg-onnx-export/3"
+ENGINE_FORMAT = "fpseg-tensorrt-engines/3"
+LAYERNORM_OPSET = 17  # the first ONNX opset with LayerNormalization; below it LayerNorm is decomposed
+OPSETS = (16, LAYERNORM_OPSET)  # what `fpseg export-onnx --opset` writes (16 for parsers without LayerNormalization)
+PRECISIONS = ("fp32", "fp16")
 ENCODER_PREFIXES = ("image_encoder.",)
 EXPORT_COMMAND = "fpseg export-onnx --checkpoint CKPT --out {folder}{options} --overwrite"
 ENGINE_COMMAND = "fpseg build-engine --onnx ONNX_DIR --out {folder} --overwrite"
@@ -53,6 +58,15 @@ MODEL_FIELDS = {
 
 class ExportError(FPSegError):
     """An export or engine folder that is missing, incomplete, or made for another model."""
+
+
+@dataclass(frozen=True)
+class EngineTarget:
+    """Where engines are built or run: the TensorRT version and the GPU (compute capability 'major.minor', name)."""
+
+    tensorrt_version: str
+    compute_capability: str
+    device_name: str
 
 
 def encoder_fingerprint(state_dict: Mapping[str, torch.Tensor]) -> str:
@@ -184,19 +198,57 @@ def read_sidecar(folder: str | Path) -> dict[str, Any]:
     return manifest
 
 
-def read_engine_sidecar(folder: str | Path, trt_version: str) -> dict[str, Any]:
-    """The manifest of an engine folder, refusing engines of another TensorRT version or changed engine files."""
+def read_engine_sidecar(folder: str | Path, target: EngineTarget, check_files: bool = True) -> dict[str, Any]:
+    """The manifest of an engine folder, refusing engines built for another TensorRT version or GPU architecture,
+    a manifest with malformed fields, or (`check_files`) changed engine files.
+
+    Another GPU of the same compute capability is not refused (see `other_device`).
+    """
     folder = Path(folder)
-    fix = f"build them: `{ENGINE_COMMAND.format(folder=folder)}`"
+    fix = f"build them here: `{ENGINE_COMMAND.format(folder=folder)}`"
     path = folder / ENGINE_SIDECAR
     if not path.is_file():
         raise ExportError(f"{folder} has no {ENGINE_SIDECAR}; {fix}")
     manifest = _read_json(path, ENGINE_FORMAT, fix)
-    if manifest["tensorrt_version"] != trt_version:
-        raise ExportError(f"the engines in {folder} were built with TensorRT {manifest['tensorrt_version']}, "
-                          f"this is TensorRT {trt_version}; {fix}")
-    _check_files(manifest, folder)
+    _check_engine_fields(manifest, path, fix)
+    built = (manifest["tensorrt_version"], manifest["compute_capability"])
+    if built != (target.tensorrt_version, target.compute_capability):
+        raise ExportError(f"the engines in {folder} were built with TensorRT {built[0]} for compute capability "
+                          f"{built[1]} ({manifest['device_name']}), this is TensorRT {target.tensorrt_version} on "
+                          f"compute capability {target.compute_capability} ({target.device_name}); engines run "
+                          f"only where they were built: {fix}")
+    if check_files:
+        _check_files(manifest, folder)
     return manifest
+
+
+def other_device(manifest: Mapping[str, Any], target: EngineTarget, folder: str | Path) -> str | None:
+    """The warning for engines built on another GPU of the same compute capability (TensorRT runs them, but
+    their kernels were chosen for the GPU that built them), or None when the device names match."""
+    if manifest["device_name"] == target.device_name:
+        return None
+    return (f"the engines in {folder} were built on {manifest['device_name']}, this GPU is {target.device_name} "
+            f"(the same compute capability {target.compute_capability}): they run, but may be slow; rebuild them "
+            f"here: `{ENGINE_COMMAND.format(folder=folder)}`")
+
+
+def _check_engine_fields(manifest: Mapping[str, Any], path: Path, fix: str) -> None:
+    """Refuse an engine manifest whose target, precision, TF32 or class profile fields are missing or malformed."""
+    problems = [f"{key} is not a string" for key in ("tensorrt_version", "compute_capability", "device_name")
+                if not isinstance(manifest.get(key), str)]
+    precision = manifest.get("precision")
+    if not (isinstance(precision, dict) and set(precision) == set(ENGINE_FILES)
+            and all(p in PRECISIONS for p in precision.values())):
+        problems.append(f"precision {precision!r} is not one of {'/'.join(PRECISIONS)} for each of "
+                        f"{', '.join(ENGINE_FILES)}")
+    if not isinstance(manifest.get("tf32"), bool):
+        problems.append(f"tf32 {manifest.get('tf32')!r} is not true or false")
+    profile = manifest.get("profile")
+    bounds = [profile.get(key) for key in ("min", "opt", "max")] if isinstance(profile, dict) else []
+    if not (len(bounds) == 3 and all(isinstance(b, int) for b in bounds) and 1 <= bounds[0] <= bounds[1] <= bounds[2]):
+        problems.append(f"profile {profile!r} is not {{min, opt, max}} with 1 <= min <= opt <= max")
+    if problems:
+        raise ExportError(f"{path} is malformed: {'; '.join(problems)}; {fix}")
 
 
 def check_model(manifest: Mapping[str, Any], identity: ModelIdentity, folder: str | Path) -> None:

@@ -17,6 +17,9 @@ Exact shortcuts:
 
 Results equal the published computation up to float rounding of the logits (label images differ only where
 two logits tie to within ~1e-6 relative, or a logit is within that of the threshold).
+
+On request the same pass also gives a confidence image: per pixel round(255 * sigmoid(logit of the class that
+won)), 0 where no class is present (`confidence`), gathered from the slab's values before they are dropped.
 """
 
 from __future__ import annotations
@@ -34,6 +37,7 @@ from .preprocess import Geometry
 # Relative slack for the class-skipping test when the threshold is not 0 (two interpolation stages whose
 # weights sum to 1 within a few float32 ulps).
 _SKIP_SLACK = 64 * torch.finfo(torch.float32).eps
+CONFIDENCE_SCALE = 255  # confidence images: uint8 value = round(CONFIDENCE_SCALE * probability)
 
 
 @dataclass(frozen=True)
@@ -93,8 +97,9 @@ class FastLabeler:
 
     Rows first: the row operator turns [h, N, w] into [H, N, w] (small, low-resolution columns). Then, for
     `rows_per_step` output rows at a time, the column operator gives the full-resolution values laid out
-    [column band, rows, N, band width], the classes are fused along N and only the uint8 labels are kept.
-    Working memory: about rows_per_step x N x W floats.
+    [column band, rows, N, band width], the classes are fused along N and only the uint8 labels are kept
+    (and, with `with_confidence`, the winner's probability as uint8). Working memory: about
+    rows_per_step x N x W floats.
     """
 
     def __init__(self, band_rows: int = 32, band_cols: int = 64, rows_per_step: int = 64) -> None:
@@ -110,6 +115,30 @@ class FastLabeler:
         fusion: Fusion = "argmax",
         threshold: float = 0.0,
     ) -> torch.Tensor:
+        return self._label(low_res, geometry, bank_ids, fusion, threshold, confidence=False)[0]
+
+    def with_confidence(
+        self,
+        low_res: torch.Tensor,
+        geometry: Geometry,
+        bank_ids: Sequence[int],
+        fusion: Fusion = "argmax",
+        threshold: float = 0.0,
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        """Labels as `__call__`, and uint8 [H, W] round(255 * sigmoid(winning logit)), 0 where the label is 0."""
+        labels, confidence = self._label(low_res, geometry, bank_ids, fusion, threshold, confidence=True)
+        assert confidence is not None
+        return labels, confidence
+
+    def _label(
+        self,
+        low_res: torch.Tensor,
+        geometry: Geometry,
+        bank_ids: Sequence[int],
+        fusion: Fusion,
+        threshold: float,
+        confidence: bool,
+    ) -> tuple[torch.Tensor, torch.Tensor | None]:
         require_choice("fusion", fusion, FUSIONS)
         if low_res.ndim != 3 or low_res.shape[0] != len(bank_ids):
             raise ValueError(f"expected logits [{len(bank_ids)}, h, w], got {list(low_res.shape)}")
@@ -122,7 +151,8 @@ class FastLabeler:
         if not bool(keep.all()):
             low_res, ids = low_res[keep], ids[keep]
         if ids.numel() == 0:
-            return torch.zeros(geometry.height, geometry.width, dtype=torch.uint8, device=device)
+            nothing = torch.zeros(geometry.height, geometry.width, dtype=torch.uint8, device=device)
+            return nothing, nothing.clone() if confidence else None
         n, h, w = low_res.shape
         rows = banded_axis(h, geometry.img_size, geometry.resized_height, geometry.height, self.band_rows,
                            str(device))
@@ -137,6 +167,7 @@ class FastLabeler:
         column_index = cols.gather_index()
         n_col_bands = cols.weights.shape[0]
         labels = torch.empty(geometry.height, n_col_bands * cols.band, dtype=torch.uint8, device=device)
+        scores = torch.empty_like(labels) if confidence else None
         for top in range(0, geometry.height, self.rows_per_step):
             part = by_row[top : top + self.rows_per_step]  # [r, N, w]
             r = part.shape[0]
@@ -144,7 +175,17 @@ class FastLabeler:
             values = torch.bmm(source, cols.weights.transpose(1, 2)).view(n_col_bands, r, n, cols.band)
             index = self._fuse_index(values, fusion, threshold, rank)  # [bands, r, band width]
             labels[top : top + r] = lookup[index].permute(1, 0, 2).reshape(r, -1)
-        return labels[:, : geometry.width]
+            if scores is not None:
+                scores[top : top + r] = self._confidence(values, index).permute(1, 0, 2).reshape(r, -1)
+        width = geometry.width
+        return labels[:, :width], scores[:, :width] if scores is not None else None
+
+    @staticmethod
+    def _confidence(values: torch.Tensor, index: torch.Tensor) -> torch.Tensor:
+        """values [..., N, x], winning index [..., x] (N = none) -> uint8 [..., x] confidence, 0 for none."""
+        n = values.shape[-2]
+        winner = values.gather(-2, index.clamp(max=n - 1).unsqueeze(-2)).squeeze(-2)
+        return torch.where(index < n, logit_to_confidence(winner), 0).to(torch.uint8)
 
     @staticmethod
     def _fuse_index(values: torch.Tensor, fusion: Fusion, threshold: float, rank: torch.Tensor) -> torch.Tensor:
@@ -167,3 +208,8 @@ class FastLabeler:
         peak = low_res.flatten(1).amax(dim=1)
         slack = 0.0 if threshold == 0.0 else _SKIP_SLACK * max(abs(threshold), 1.0)
         return peak > threshold - slack
+
+
+def logit_to_confidence(logits: torch.Tensor) -> torch.Tensor:
+    """round(CONFIDENCE_SCALE * sigmoid(logits)) as uint8: the confidence image's encoding of a class probability."""
+    return (torch.sigmoid(logits.float()) * CONFIDENCE_SCALE).round().to(torch.uint8)

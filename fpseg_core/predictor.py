@@ -22,18 +22,21 @@ from .modeling.build import FPSegConfig, build_fpseg
 from .modeling.fpseg import FPSegModel
 from .preprocess import ColorOrder, postprocess_logits, preprocess, to_rgb
 from .prompt_bank import PromptBank, decoder_fingerprint
+from .weights import cached, lookup
 
 STAGES = ("preprocess", "encoder", "decoder", "postprocess")
 
 
 @dataclass
 class Segmentation:
-    """One segmented image: labels (H x W uint8, 1 + bank index, 0 = none), the classes asked for, and
-    per-stage wall times in milliseconds (keys: preprocess, encoder, decoder, postprocess, total)."""
+    """One segmented image: labels (H x W uint8, 1 + bank index, 0 = none), the classes asked for,
+    per-stage wall times in milliseconds (keys: preprocess, encoder, decoder, postprocess, total) and, when
+    asked for, the confidence image (H x W uint8, round(255 * probability of the winning class), 0 = none)."""
 
     labels: np.ndarray
     classes: list[str]
     timings_ms: dict[str, float] = field(default_factory=dict)
+    confidence: np.ndarray | None = None
 
 
 class _StageTimer:
@@ -122,6 +125,26 @@ class FPSeg:
         return cls(loaded.model, bank, force_bank=force_prompts, **kwargs)
 
     @classmethod
+    def from_pretrained(
+        cls,
+        name: str,
+        prompts: str | Path | PromptBank | None = None,
+        home: str | Path | None = None,
+        **kwargs,
+    ) -> FPSeg:
+        """Load published weights by name ('fpseg-mobilesam', 'mobilesam', 'sam-vit-b', ...; see
+        fpseg_core.weights) from the cache (`home`, default $FPSEG_HOME or ~/.cache/fpseg).
+
+        Nothing is downloaded: a name not in the cache is a WeightsError naming the `fpseg weights fetch NAME`
+        command. Without `prompts`, the name's cached named bank is used (fpseg-mobilesam: its 33 Cityscapes
+        entries). Remaining keyword arguments are those of `from_checkpoint` (less `encoder`: the name's).
+        """
+        entry = lookup(name)
+        resolved = cached(entry, home)
+        return cls.from_checkpoint(resolved.checkpoint, prompts=resolved.prompts if prompts is None else prompts,
+                                   encoder=entry.encoder, **kwargs)
+
+    @classmethod
     def random(cls, config: FPSegConfig, class_names: Sequence[str] | None = None, seed: int = 0,
                **kwargs) -> FPSeg:
         """Random weights, for smoke tests and timing only: its labels mean nothing (a warning says so)."""
@@ -191,9 +214,11 @@ class FPSeg:
         fusion: Fusion | None = None,
         threshold: float | None = None,
         color_order: ColorOrder = "rgb",
+        confidence: bool = False,
     ) -> Segmentation:
-        """Label image and per-stage timings for one image (see `predict`)."""
-        return self._segment(image, classes, fusion, threshold, color_order, baseline=False)
+        """Label image and per-stage timings for one image (see `predict`); with `confidence`, also the
+        winning class's probability per pixel, from the same low-resolution pass (`Segmentation.confidence`)."""
+        return self._segment(image, classes, fusion, threshold, color_order, baseline=False, confidence=confidence)
 
     def segment_baseline(
         self,
@@ -217,6 +242,7 @@ class FPSeg:
         threshold: float | None,
         color_order: ColorOrder,
         baseline: bool,
+        confidence: bool = False,
     ) -> Segmentation:
         ids = self.resolve_classes(classes)
         fusion, threshold = self._fusion_options(fusion, threshold)
@@ -228,13 +254,18 @@ class FPSeg:
         timer.lap("encoder")
         low_res = network.decode(embedding, self._prompts[ids])
         timer.lap("decoder")
+        scores = None
         if baseline:
             labels = fuse(postprocess_logits(low_res, geometry)[0], ids, fusion, threshold)
+        elif confidence:
+            labels, scores = self._labeler.with_confidence(low_res[0].to(self.device), geometry, ids, fusion,
+                                                           threshold)
         else:
             labels = self._labeler(low_res[0].to(self.device), geometry, ids, fusion, threshold)
         labels_np = labels.cpu().numpy()
+        scores_np = scores.cpu().numpy() if scores is not None else None
         timer.lap("postprocess")
-        return Segmentation(labels_np, [self.bank.names[i] for i in ids], timer.finish())
+        return Segmentation(labels_np, [self.bank.names[i] for i in ids], timer.finish(), scores_np)
 
     def _fusion_options(self, fusion: Fusion | None, threshold: float | None) -> tuple[Fusion, float]:
         fusion = fusion or self.fusion

@@ -1,7 +1,11 @@
-"""The `fpseg` ROS 2 node: images in; label image, colour overlay, stats and label map out.
+"""The `fpseg` ROS 2 node: images in; label image, colour overlay, confidence, stats and label map out.
+
+A managed (lifecycle) node: configure loads the model, activate subscribes and starts the inference thread,
+deactivate stops both (the model stays loaded), cleanup frees the model, shutdown stops everything. With
+`autostart` (default) it configures and activates itself at start-up.
 
 Thin by design: parameters come from the table in parameters.py, and all work (class switching, prompt
-loading, decoding, inference on a worker thread, statistics) is done by the ROS-free
+loading, decoding, inference on a worker thread, latency budget, statistics, health) is done by the ROS-free
 SegmentationController. Written against the rclpy API common to Humble and Jazzy.
 """
 
@@ -12,12 +16,16 @@ import traceback
 from typing import Any
 
 import rclpy
+from diagnostic_msgs.msg import DiagnosticStatus
+from diagnostic_updater import DiagnosticStatusWrapper, Updater
 from rcl_interfaces.msg import SetParametersResult
 from rclpy.clock import Clock, ClockType
 from rclpy.exceptions import ParameterException
-from rclpy.node import Node
+from rclpy.lifecycle import LifecycleNode, LifecycleState, TransitionCallbackReturn
 from rclpy.parameter import Parameter
+from rclpy.publisher import Publisher
 from rclpy.qos import DurabilityPolicy, HistoryPolicy, QoSProfile, ReliabilityPolicy
+from rclpy.qos_overriding_options import QoSOverridingOptions
 from sensor_msgs.msg import CompressedImage, Image
 from vision_msgs.msg import LabelInfo, VisionClass
 
@@ -27,16 +35,21 @@ from fpseg_core.runtime.controller import (
     PromptUpdate,
     Rejection,
     SegmentationController,
+    free_device_memory,
     load_pipeline,
 )
+from fpseg_core.runtime.health import Level, lifecycle_health
 from fpseg_core.runtime.image_codec import fill_image
-from fpseg_core.runtime.parameters import PARAMETERS, RUNTIME_PARAMETERS, ParameterSpec
+from fpseg_core.runtime.parameters import PARAMETER_BY_NAME, PARAMETERS, RUNTIME_PARAMETERS, ParameterSpec
 from fpseg_ros.msg import SegmentationStats
 from fpseg_ros.parameters import descriptor
 from fpseg_ros.spin import run_node
 from fpseg_ros.srv import LoadPrompts
 
 NODE_NAME = "fpseg"
+DIAGNOSTIC_TASK = "segmentation"  # published as "fpseg: segmentation"
+DIAGNOSTIC_LEVELS = {Level.OK: DiagnosticStatus.OK, Level.WARN: DiagnosticStatus.WARN,
+                     Level.ERROR: DiagnosticStatus.ERROR}
 LOG_THROTTLE_S = 5.0
 STOP_TIMEOUT_S = 30.0
 WATCHDOG_PERIOD_S = 1.0  # how often the node checks that its inference thread is still alive
@@ -48,58 +61,125 @@ STATS_QOS = QoSProfile(history=HistoryPolicy.KEEP_LAST, depth=10)
 # Latched: a late subscriber still gets the current label map.
 LABEL_INFO_QOS = QoSProfile(history=HistoryPolicy.KEEP_LAST, depth=1, reliability=ReliabilityPolicy.RELIABLE,
                             durability=DurabilityPolicy.TRANSIENT_LOCAL)
+# Every topic takes the standard QoS overrides (qos_overrides.<topic>.<publisher|subscription>.<policy>).
+QOS_OVERRIDES = QoSOverridingOptions.with_default_policies()
 
 
-class FPSegNode(Node):
-    """Subscribes to `image` (or `image/compressed`); publishes ~/labels, ~/color, ~/stats, ~/label_info;
-    serves ~/load_prompts. See README, "Running on a robot"."""
+class FPSegNode(LifecycleNode):
+    """Subscribes to `image` (or `image/compressed`) while active; publishes ~/labels, ~/color, ~/confidence,
+    ~/stats, ~/label_info and /diagnostics; serves ~/load_prompts. See README, "Running on a robot"."""
 
     def __init__(self, **node_kwargs: Any) -> None:
         super().__init__(NODE_NAME, **node_kwargs)
+        for spec in PARAMETERS:
+            self._declare(spec)
+        self._controller: SegmentationController | None = None
+        self._outputs: dict[str, Publisher] = {}
+        self._subscription = None
+        self._state = "unconfigured"
+        self._configure_failure = ""
+        self._worker_died = False
+        self.add_on_set_parameters_callback(self._on_set_parameters)
+        self.create_service(LoadPrompts, "~/load_prompts", self._on_load_prompts)
+        self._diagnostics = Updater(self)
+        self._diagnostics.setHardwareID("none")
+        self._diagnostics.add(DIAGNOSTIC_TASK, self._diagnose)
+        # Steady clock: the check must run whether or not a (simulated) /clock is ticking.
+        self._watchdog = self.create_timer(WATCHDOG_PERIOD_S, self._check_worker,
+                                           clock=Clock(clock_type=ClockType.STEADY_TIME))
+        if self.get_parameter("autostart").value and self.trigger_configure() == TransitionCallbackReturn.SUCCESS:
+            self.trigger_activate()
+
+    def _declare(self, spec: ParameterSpec) -> None:
+        """Declare one parameter of the table; a launch-time value that is not one of its choices stops start-up.
+        `classes` (default None) stays unset unless given: configure then takes the whole bank."""
+        value = self.declare_parameter(spec.name, spec.default, descriptor(spec)).value
+        reason = spec.check_choice(value)
+        if reason:
+            raise ValueError(reason)
+
+    # --------------------------------------------------------------------------------- lifecycle
+    def on_configure(self, state: LifecycleState) -> TransitionCallbackReturn:
+        """Load the checkpoint, bank and backend; create the publishers. A failure leaves the node unconfigured."""
         try:
             self._controller = self._create_controller()
-        except BaseException:
-            super().destroy_node()
-            raise
-        self.add_on_set_parameters_callback(self._on_set_parameters)
+        # Whatever stops the model from loading (bad file, missing GPU, ...) is reported; the process lives on.
+        except Exception as exc:
+            self._configure_failure = str(exc) if isinstance(exc, FPSegError) else f"{type(exc).__name__}: {exc}"
+            self.get_logger().error(f"configure failed, staying unconfigured: {self._configure_failure}")
+            return TransitionCallbackReturn.FAILURE
+        self._configure_failure = ""
+        self._outputs = {
+            "labels": self.create_publisher(Image, "~/labels", IMAGE_OUTPUT_QOS,
+                                            qos_overriding_options=QOS_OVERRIDES),
+            "color": self.create_publisher(Image, "~/color", IMAGE_OUTPUT_QOS, qos_overriding_options=QOS_OVERRIDES),
+            "confidence": self.create_publisher(Image, "~/confidence", IMAGE_OUTPUT_QOS,
+                                                qos_overriding_options=QOS_OVERRIDES),
+            "stats": self.create_publisher(SegmentationStats, "~/stats", STATS_QOS,
+                                           qos_overriding_options=QOS_OVERRIDES),
+            "label_info": self.create_publisher(LabelInfo, "~/label_info", LABEL_INFO_QOS,
+                                                qos_overriding_options=QOS_OVERRIDES),
+        }
+        if self.get_parameter("classes").value is None:  # default: every class of the bank
+            # Its callback publishes ~/label_info.
+            self.set_parameters([Parameter("classes", Parameter.Type.STRING_ARRAY, self._controller.active)])
+        else:
+            self._publish_label_info()
+        self._diagnostics.setHardwareID(self._controller.device)
+        self._state = "inactive"
+        self.get_logger().info(
+            f"configured: backend {self._controller.backend_name} on {self._controller.device}; "
+            f"bank: {', '.join(self._controller.available)}; active: {', '.join(self._controller.active)}"
+        )
+        return TransitionCallbackReturn.SUCCESS
 
-        self._labels_pub = self.create_publisher(Image, "~/labels", IMAGE_OUTPUT_QOS)
-        self._color_pub = self.create_publisher(Image, "~/color", IMAGE_OUTPUT_QOS)
-        self._stats_pub = self.create_publisher(SegmentationStats, "~/stats", STATS_QOS)
-        self._label_info_pub = self.create_publisher(LabelInfo, "~/label_info", LABEL_INFO_QOS)
-        self._publish_label_info()
-        self.create_service(LoadPrompts, "~/load_prompts", self._on_load_prompts)
-
+    def on_activate(self, state: LifecycleState) -> TransitionCallbackReturn:
+        """Start the inference thread, then subscribe to the images."""
         self._controller.start(self._publish, self._report, self._on_publish_error)
         compressed = self.get_parameter("compressed_input").value
         self._subscription = self.create_subscription(
             CompressedImage if compressed else Image, "image/compressed" if compressed else "image",
-            self._controller.submit, INPUT_QOS,
+            self._controller.submit, INPUT_QOS, qos_overriding_options=QOS_OVERRIDES,
         )
-        # Steady clock: the check must run whether or not a (simulated) /clock is ticking.
-        self._watchdog = self.create_timer(WATCHDOG_PERIOD_S, self._check_worker,
-                                           clock=Clock(clock_type=ClockType.STEADY_TIME))
-        self.get_logger().info(
-            f"segmenting {self._subscription.topic_name} with backend {self._controller.backend_name}; "
-            f"bank: {', '.join(self._controller.available)}; active: {', '.join(self._controller.active)}"
-        )
+        self._state = "active"
+        self.get_logger().info(f"active: segmenting {self._subscription.topic_name}")
+        return TransitionCallbackReturn.SUCCESS
 
-    def _declare(self, spec: ParameterSpec, default: Any) -> Any:
-        value = self.declare_parameter(spec.name, default, descriptor(spec)).value
-        reason = spec.check_choice(value)
-        if reason:
-            raise ValueError(reason)
-        return value
+    def on_deactivate(self, state: LifecycleState) -> TransitionCallbackReturn:
+        """Unsubscribe and stop the inference thread after the frame in progress; the model stays loaded."""
+        self._stop()
+        self._state = "inactive"
+        self.get_logger().info("inactive: not segmenting (the model stays loaded)")
+        return TransitionCallbackReturn.SUCCESS
+
+    def on_cleanup(self, state: LifecycleState) -> TransitionCallbackReturn:
+        """Destroy the publishers and free the model."""
+        self._release()
+        self._state = "unconfigured"
+        self.get_logger().info("unconfigured: model released")
+        return TransitionCallbackReturn.SUCCESS
+
+    def on_shutdown(self, state: LifecycleState) -> TransitionCallbackReturn:
+        """From any state: stop segmenting and free the model."""
+        self._stop()
+        self._release()
+        self._state = "finalized"
+        return TransitionCallbackReturn.SUCCESS
+
+    def on_error(self, state: LifecycleState) -> TransitionCallbackReturn:
+        """A transition callback raised: release everything and go back to unconfigured."""
+        self._stop()
+        self._release()
+        self._state = "unconfigured"
+        self.get_logger().error(f"a lifecycle transition from {state.label} failed; the node is unconfigured")
+        return TransitionCallbackReturn.SUCCESS
 
     def _create_controller(self) -> SegmentationController:
-        values = {spec.name: self._declare(spec, spec.default) for spec in PARAMETERS if spec.default is not None}
+        values = {spec.name: self.get_parameter(spec.name).value for spec in PARAMETERS}
         pipeline = load_pipeline(
             values["checkpoint"], values["prompts"], values["backend"], values["engine_dir"], values["device"],
             values["input_mode"],
         )
-        startup_defaults = {"classes": pipeline.classes}
-        values.update({spec.name: self._declare(spec, startup_defaults[spec.name])
-                       for spec in PARAMETERS if spec.default is None})
         return SegmentationController(
             pipeline,
             classes=values["classes"],
@@ -110,13 +190,35 @@ class FPSegNode(Node):
             max_classes=values["max_classes"],
             compressed_input=values["compressed_input"],
             clock_ns=lambda: self.get_clock().now().nanoseconds,
+            publish_confidence=values["publish_confidence"],
+            latency_budget_ms=values["latency_budget_ms"],
+            expected_input_hz=values["expected_input_hz"],
+            latency_warn_ms=values["latency_warn_ms"],
         )
+
+    def _stop(self) -> None:
+        if self._subscription is not None:
+            self.destroy_subscription(self._subscription)
+            self._subscription = None
+        if self._controller is not None and not self._controller.stop(STOP_TIMEOUT_S):
+            self.get_logger().error(f"the inference thread did not stop within {STOP_TIMEOUT_S:.0f} s")
+
+    def _release(self) -> None:
+        for publisher in self._outputs.values():
+            self.destroy_publisher(publisher)
+        self._outputs = {}
+        self._controller = None
+        free_device_memory()
 
     # ------------------------------------------------------------------------------------ callbacks
     def _on_set_parameters(self, parameters: list[Parameter]) -> SetParametersResult:
         changes = {p.name: p.value for p in parameters if p.name in RUNTIME_PARAMETERS}
         if not changes:
             return SetParametersResult(successful=True)
+        if self._controller is None:
+            # Unconfigured: kept for configure, which checks them against the bank (rclpy checked type and range).
+            reasons = [r for name, value in changes.items() if (r := PARAMETER_BY_NAME[name].check_choice(value))]
+            return SetParametersResult(successful=not reasons, reason="; ".join(reasons))
         try:
             self._controller.update(changes)
         except ValueError as exc:
@@ -128,9 +230,20 @@ class FPSegNode(Node):
     def _on_load_prompts(self, request: LoadPrompts.Request, response: LoadPrompts.Response
                          ) -> LoadPrompts.Response:
         # Never raises: an exception in a service callback would end rclpy.spin and with it the node.
+        if self._controller is None:
+            update = PromptUpdate(False, f"{self.get_fully_qualified_name()} is {self._state}: no model is loaded; "
+                                         "configure it first (ros2 lifecycle set <node> configure)")
+        else:
+            update = self._load_prompts(self._controller, request)
+        response.success = update.success
+        response.message = update.message
+        response.available = update.available
+        response.active = update.active
+        return response
+
+    def _load_prompts(self, controller: SegmentationController, request: LoadPrompts.Request) -> PromptUpdate:
         try:
-            update = self._controller.load_prompts(request.path, list(request.classes), request.replace,
-                                                   request.activate)
+            update = controller.load_prompts(request.path, list(request.classes), request.replace, request.activate)
             if update.success:
                 self.get_logger().info(update.message)
                 # Keep the parameter in step with the active classes; its callback re-validates them and
@@ -138,21 +251,30 @@ class FPSegNode(Node):
                 self.set_parameters([Parameter("classes", Parameter.Type.STRING_ARRAY, update.active)])
             else:
                 self.get_logger().warning(f"load_prompts refused: {update.message}")
+            return update
         except Exception as exc:
             message = f"{request.path}: load_prompts failed: {type(exc).__name__}: {exc}"
             self.get_logger().error(message)
-            update = PromptUpdate(False, message, self._controller.available, self._controller.active)
-        response.success = update.success
-        response.message = update.message
-        response.available = update.available
-        response.active = update.active
-        return response
+            return PromptUpdate(False, message, controller.available, controller.active)
+
+    def _diagnose(self, stat: DiagnosticStatusWrapper) -> DiagnosticStatusWrapper:
+        """The diagnostic_updater task: the controller's health while active, the lifecycle state otherwise."""
+        controller = self._controller
+        if self._state == "active" and controller is not None:
+            health = controller.health()
+        else:
+            health = lifecycle_health(self._state, self._configure_failure)
+        stat.summary(DIAGNOSTIC_LEVELS[health.level], health.message)
+        for key, value in health.values:
+            stat.add(key, value)
+        return stat
 
     def _check_worker(self) -> None:
         """Watchdog: if the inference thread died, say why and shut down so that main() exits non-zero."""
-        cause = self._controller.death_cause
+        cause = self._controller.death_cause if self._controller is not None else None
         if cause is None:
             return
+        self._worker_died = True
         self._watchdog.cancel()
         details = "".join(traceback.format_exception(type(cause), cause, cause.__traceback__)).rstrip()
         self.get_logger().fatal(f"the inference thread died ({cause!r}); no frame can be segmented any more, "
@@ -161,10 +283,12 @@ class FPSegNode(Node):
 
     # ------------------------------------------------------------- outputs (called on the worker thread)
     def _publish(self, result: FrameResult) -> None:
-        self._labels_pub.publish(fill_image(Image(header=result.header), result.labels, "mono8"))
+        self._outputs["labels"].publish(fill_image(Image(header=result.header), result.labels, "mono8"))
         if result.overlay is not None:
-            self._color_pub.publish(fill_image(Image(header=result.header), result.overlay, "rgb8"))
-        self._stats_pub.publish(SegmentationStats(header=result.header, **result.stats.fields()))
+            self._outputs["color"].publish(fill_image(Image(header=result.header), result.overlay, "rgb8"))
+        if result.confidence is not None:
+            self._outputs["confidence"].publish(fill_image(Image(header=result.header), result.confidence, "mono8"))
+        self._outputs["stats"].publish(SegmentationStats(header=result.header, **result.stats.fields()))
 
     def _report(self, rejection: Rejection) -> None:
         if rejection.malformed:
@@ -181,7 +305,7 @@ class FPSegNode(Node):
     @property
     def worker_died(self) -> bool:
         """The inference thread died (the process must exit non-zero)."""
-        return self._controller.death_cause is not None
+        return self._worker_died
 
     def _publish_label_info(self) -> None:
         msg = LabelInfo()
@@ -189,21 +313,21 @@ class FPSegNode(Node):
         msg.class_map = [VisionClass(class_id=value, class_name=name)
                          for value, name in self._controller.label_map().items()]
         msg.threshold = float(self._controller.score_threshold)
-        self._label_info_pub.publish(msg)
+        self._outputs["label_info"].publish(msg)
 
     def destroy_node(self) -> None:
-        """Stop the inference thread (after the frame in progress), then destroy the ROS entities."""
-        if not self._controller.stop(STOP_TIMEOUT_S):
-            self.get_logger().error(f"the inference thread did not stop within {STOP_TIMEOUT_S:.0f} s")
+        """Stop the inference thread (after the frame in progress), free the model, destroy the ROS entities."""
+        self._stop()
+        self._release()
         super().destroy_node()
 
 
 def main(args: list[str] | None = None) -> int:
     # Bad parameters (rclpy refuses a wrong type or an out-of-range value with a ParameterException, which is
-    # not a ValueError), unreadable files, a backend that cannot run here: say why, in one line, and exit 1;
-    # so does a dead inference thread (the watchdog shuts the node down), for respawn / systemd to restart it.
-    return run_node(args, FPSegNode, NODE_NAME,
-                    (ParameterException, FPSegError, ValueError, OSError, ImportError, RuntimeError),
+    # not a ValueError; a value that is not one of a parameter's choices is a ValueError) stop start-up in one
+    # line with exit 1. A model that cannot be loaded leaves the node unconfigured instead (logged, /diagnostics
+    # ERROR). A dead inference thread shuts the node down with exit 1, for respawn / systemd to restart it.
+    return run_node(args, FPSegNode, NODE_NAME, (ParameterException, ValueError),
                     FPSegNode.destroy_node, lambda node: 1 if node.worker_died else 0)
 
 

@@ -4,7 +4,9 @@
         checkpoint:=$HOME/fpseg/fpseg_mobilesam_cityscapes.pth classes:=road,person
 
 Parameters come from `params_file` (default: this package's config/fpseg.yaml); the backend, checkpoint,
-prompts and classes arguments override it when they are not empty. `image` is remapped onto the node's
+prompts, classes and autostart arguments override it when they are not empty. The node is a lifecycle node:
+with autostart (the default) it configures and activates itself; `autostart:=false` leaves it unconfigured for
+a lifecycle manager (or `ros2 lifecycle set`). `image` is remapped onto the node's
 `image` input, and `<image>/compressed` onto `image/compressed` (used with compressed_input: true).
 `respawn:=true` restarts the node (after RESPAWN_DELAY_S) whenever it exits while launch is not shutting down,
 e.g. with status 1 after its inference thread died.
@@ -13,7 +15,7 @@ e.g. with status 1 after its inference thread died.
 from launch import LaunchDescription
 from launch.actions import DeclareLaunchArgument, OpaqueFunction
 from launch.substitutions import LaunchConfiguration, PathJoinSubstitution
-from launch_ros.actions import Node
+from launch_ros.actions import LifecycleNode
 from launch_ros.substitutions import FindPackageShare
 
 from fpseg_core.class_names import parse_class_list
@@ -29,12 +31,14 @@ def _fpseg_node(context, *_args, **_kwargs):
     overrides = {name: arg(name) for name in OVERRIDES if arg(name)}
     if arg("classes"):
         overrides["classes"] = parse_class_list(arg("classes"))
+    if arg("autostart"):
+        overrides["autostart"] = arg("autostart") == "true"
     parameters = [arg("params_file")] if arg("params_file") else []
     if overrides:  # an empty dict would become an empty ros__parameters file
         parameters.append(overrides)
     image = arg("image")
     return [
-        Node(
+        LifecycleNode(  # Humble's LifecycleNode requires name and namespace
             package="fpseg_ros",
             executable="fpseg_node",
             name="fpseg",
@@ -66,6 +70,9 @@ def generate_launch_description() -> LaunchDescription:
         DeclareLaunchArgument("classes", default_value="",
                               description="active classes, e.g. road,person (empty: from params_file)"),
         DeclareLaunchArgument("namespace", default_value="", description="namespace of the node"),
+        DeclareLaunchArgument("autostart", default_value="", choices=["", "true", "false"],
+                              description="configure and activate at start (empty: from params_file, default true); "
+                                          "false: wait for a lifecycle manager"),
         DeclareLaunchArgument("respawn", default_value="false", choices=["true", "false"],
                               description="restart the node whenever it exits unasked (true on a robot)"),
         OpaqueFunction(function=_fpseg_node),

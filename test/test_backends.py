@@ -151,8 +151,9 @@ def test_tensorrt_refuses_clearly_where_it_cannot_run(export_dir: Path, tmp_path
 def test_tensorrt_engines_match_torch_and_take_any_class_count(export_dir: Path, tmp_path: Path) -> None:
     from fpseg_core.backends.tensorrt_backend import build_engines
 
-    engines = build_engines(export_dir, tmp_path, fp16=False, max_classes=4)
-    assert engines["max_classes"] == 4 and (tmp_path / "build.log").is_file() and (tmp_path / "timing.cache").is_file()
+    engines = build_engines(export_dir, tmp_path, max_classes=4)
+    cache = f"timing-{engines['tensorrt_version']}-sm{engines['compute_capability'].replace('.', '')}.cache"
+    assert engines["profile"]["max"] == 4 and (tmp_path / "build.log").is_file() and (tmp_path / cache).is_file()
     for name in ("fpseg_onnx.json", "encoder.onnx", "decoder.onnx"):
         (tmp_path / name).write_bytes((export_dir / name).read_bytes())
     reference = random_fpseg(backend="torch", device="cuda")
@@ -166,7 +167,7 @@ def test_tensorrt_engines_match_torch_and_take_any_class_count(export_dir: Path,
     stale = json.loads((tmp_path / "fpseg_engines.json").read_text())
     stale["tensorrt_version"] = "9.0.0"
     (tmp_path / "fpseg_engines.json").write_text(json.dumps(stale))
-    with pytest.raises(ExportError, match=r"built with TensorRT 9\.0\.0"):
+    with pytest.raises(ExportError, match=r"built with TensorRT 9\.0\.0 for compute capability"):
         random_fpseg(backend="tensorrt", device="cuda", engine_dir=tmp_path)
 
 

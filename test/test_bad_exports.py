@@ -23,6 +23,7 @@ from fpseg_core import FPSeg, PromptBank, build_fpseg, decoder_fingerprint, tiny
 from fpseg_core.artifacts import (
     ENGINE_FILES,
     ENGINE_FORMAT,
+    EngineTarget,
     ExportError,
     ModelIdentity,
     check_model,
@@ -186,7 +187,7 @@ BAD_EXPORTS = {
                   f"{(m.export / 'decoder.onnx').stat().st_size} bytes"),
     "sidecar of an older format": BadExport(
         "reference", _old_format,
-        lambda m: "has format 'fpseg-onnx-export/1', this fpseg reads 'fpseg-onnx-export/2'"),
+        lambda m: "has format 'fpseg-onnx-export/1', this fpseg reads 'fpseg-onnx-export/3'"),
 }
 
 
@@ -253,14 +254,17 @@ def test_an_interrupted_export_leaves_no_sidecar_and_no_temporary_file(models: M
 
 
 def test_engine_manifests_are_checked_like_exports(models: Models, tmp_path: Path) -> None:
-    """The engine side of `artifacts` without TensorRT: identity, prompt size, version and engine files."""
+    """The engine side of `artifacts` without TensorRT: identity, prompt size, target and engine files."""
     for name in ENGINE_FILES.values():
         (tmp_path / name).write_bytes(name.encode() * 100)
     onnx = json.loads((models.export / "fpseg_onnx.json").read_text())
-    engines = {"format": ENGINE_FORMAT, "tensorrt_version": "10.3.0", "max_classes": 8, "onnx": onnx,
+    engines = {"format": ENGINE_FORMAT, "tensorrt_version": "10.3.0", "compute_capability": "8.7",
+               "device_name": "Orin", "precision": {"encoder": "fp32", "decoder": "fp32"}, "tf32": False,
+               "profile": {"min": 1, "opt": 3, "max": 8}, "onnx": onnx,
                "files": {role: file_entry(tmp_path / name) for role, name in ENGINE_FILES.items()}}
     (tmp_path / "fpseg_engines.json").write_text(json.dumps(engines))
-    manifest = read_engine_sidecar(tmp_path, "10.3.0")
+    here = EngineTarget("10.3.0", "8.7", "Orin")
+    manifest = read_engine_sidecar(tmp_path, here)
     check_model(manifest, ModelIdentity.of(models.reference, "squash"), tmp_path)
     with pytest.raises(ExportError) as caught:
         check_model(manifest, ModelIdentity.of(models.other_encoder, "squash"), tmp_path)
@@ -269,11 +273,12 @@ def test_engine_manifests_are_checked_like_exports(models: Models, tmp_path: Pat
     assert str(caught.value).endswith(f"then `fpseg build-engine --onnx ONNX_DIR --out {tmp_path} --overwrite`")
     with pytest.raises(ExportError, match="takes prompt size 4, the prompt bank has prompt size 6"):
         check_prompt_size(manifest, 6, tmp_path)
-    with pytest.raises(ExportError, match=r"built with TensorRT 10\.3\.0, this is TensorRT 10\.4\.0"):
-        read_engine_sidecar(tmp_path, "10.4.0")
+    with pytest.raises(ExportError, match=r"built with TensorRT 10\.3\.0 for compute capability 8\.7 \(Orin\), "
+                                          r"this is TensorRT 10\.4\.0"):
+        read_engine_sidecar(tmp_path, EngineTarget("10.4.0", "8.7", "Orin"))
     (tmp_path / "decoder.engine").write_bytes(b"decoder.engine" * 99 + b"x" * 14)  # same size, other bytes
     with pytest.raises(ExportError, match=r"decoder\.engine is not the decoder engine fpseg_engines\.json describes"):
-        read_engine_sidecar(tmp_path, "10.3.0")
+        read_engine_sidecar(tmp_path, here)
 
 
 # ------------------------------------------------------------------------------------ backend choice

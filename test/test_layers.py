@@ -20,6 +20,7 @@ PACKAGE = REPO / "fpseg_core"
 # own layer or below.
 LAYERS = {
     "_version": 0, "errors": 0, "constants": 0, "files": 0, "cityscapes_labels": 0, "jobs": 0, "class_names": 0,
+    "weights": 0,
     "modeling": 1,
     "preprocess": 2, "fast_labels": 2, "fusion": 2, "visualize": 2, "prompt_bank": 2, "checkpoint": 2,
     "artifacts": 2, "image_io": 2,

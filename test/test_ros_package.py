@@ -17,6 +17,7 @@ import yaml
 from fpseg_core.cityscapes_labels import BANK33
 from fpseg_core.runtime.controller import FrameStats, PromptUpdate, SegmentationController
 from fpseg_core.runtime.parameters import PARAMETERS, RUNTIME_PARAMETERS
+from fpseg_core.weights import REGISTRY
 
 ROOT = Path(__file__).resolve().parents[1]
 # Python modules that are not ROS packages, with the rosdep key that provides them; package.xml must declare it.
@@ -40,7 +41,8 @@ PIP_ONLY = {
 }
 LOCAL_MODULES = {path.stem for path in (ROOT / "test").glob("*.py")} | {"fpseg_core", "fpseg_ros"}
 ROS_TEST_MODULES = {"rclpy", "launch", "launch_ros", "launch_testing"}
-MSG_TYPES = {"uint64": "int", "uint32": "int", "float32": "float", "string": "str", "string[]": "list[str]"}
+MSG_TYPES = {"uint64": "int", "uint32": "int", "float32": "float", "float64": "float", "string": "str",
+             "string[]": "list[str]"}
 
 
 def _python_files(*patterns: str) -> list[Path]:
@@ -206,6 +208,7 @@ def test_config_sets_every_parameter_with_a_valid_value() -> None:
         if spec.float_range:
             assert spec.float_range[0] <= value <= spec.float_range[1]
     assert values["classes"] and set(values["classes"]) <= set(BANK33)  # the Cityscapes bank's names
+    assert values["checkpoint"] in REGISTRY  # cached weights by name: runs after `fpseg weights fetch NAME`
 
 
 def test_parameter_descriptions_say_when_a_change_applies() -> None:
@@ -214,8 +217,9 @@ def test_parameter_descriptions_say_when_a_change_applies() -> None:
         if spec.read_only:
             assert "restart" in spec.description, spec.name
         else:
-            assert "next frame" in spec.description, spec.name
-    assert set(RUNTIME_PARAMETERS) == {"classes", "fusion", "score_threshold", "publish_color", "stats_window"}
+            assert "next frame" in spec.description or "next diagnostics update" in spec.description, spec.name
+    assert set(RUNTIME_PARAMETERS) == {"classes", "fusion", "score_threshold", "publish_color", "publish_confidence",
+                                       "latency_budget_ms", "expected_input_hz", "latency_warn_ms", "stats_window"}
     assert [spec.name for spec in PARAMETERS if spec.dynamic_typing] == ["classes"]
 
 
@@ -226,7 +230,7 @@ def test_launch_file_declares_the_documented_arguments() -> None:
         if isinstance(node, ast.Call) and getattr(node.func, "id", "") == "DeclareLaunchArgument"
     }
     assert declared == {"image", "params_file", "backend", "checkpoint", "prompts", "classes", "namespace",
-                        "respawn"}
+                        "respawn", "autostart"}
 
 
 def test_fpseg_core_imports_nothing_from_ros(package) -> None:

@@ -3,6 +3,7 @@ per-frame outputs and stats, and the newest-frame worker."""
 
 from __future__ import annotations
 
+import re
 import threading
 import time
 from pathlib import Path
@@ -16,6 +17,7 @@ from ros_fakes import compressed_message, image_message, random_pixels
 from safetensors.torch import save_file
 
 from fpseg_core import FPSeg, FPSegError, PromptBank, load_checkpoint
+from fpseg_core.constants import MAX_CLASSES, UNLABELED_CLASS_ID
 from fpseg_core.export.onnx_export import export_onnx
 from fpseg_core.preprocess import to_rgb
 from fpseg_core.runtime.controller import (
@@ -26,6 +28,7 @@ from fpseg_core.runtime.controller import (
     load_pipeline,
     probability_to_logit,
 )
+from fpseg_core.runtime.health import Level
 
 LOW_THRESHOLD = 0.01  # random weights: a low threshold makes sure classes show up in the labels
 WAIT_S = 60.0
@@ -489,6 +492,68 @@ def test_a_dead_inference_thread_is_reported_and_refuses_frames(controller: Segm
     assert isinstance(controller.death_cause, SystemExit)
     assert not controller.submit(image_message(random_pixels(8, 8, 3), "rgb8"))
     assert controller.stop(WAIT_S)
+
+
+def test_stop_then_start_runs_a_new_thread_and_leaks_none(controller: SegmentationController) -> None:
+    """The node's deactivate / activate: the model stays loaded, counters go on, no thread is left behind."""
+    baseline = threading.active_count()
+    results: list[FrameResult] = []
+    for cycle in range(1, 4):
+        controller.start(results.append, lambda rejection: pytest.fail(rejection.reason))
+        assert controller.alive
+        with pytest.raises(RuntimeError, match="already started"):
+            controller.start(results.append, lambda rejection: None)
+        assert controller.submit(image_message(random_pixels(8, 8, 3), "rgb8"))
+        _wait_until(lambda cycle=cycle: len(results) == cycle)
+        assert controller.stop(WAIT_S)
+        assert not controller.alive
+        assert not controller.submit(image_message(random_pixels(8, 8, 3), "rgb8"))  # stopped: refused
+        assert threading.active_count() == baseline
+    assert [r.stats.frame for r in results] == [1, 2, 3]
+
+
+def test_a_latency_budget_keeps_the_prefix_that_fits(tiny_model: FPSeg) -> None:
+    controller = SegmentationController(tiny_model, classes=["sky", "car", "road"], score_threshold=LOW_THRESHOLD)
+    frame = random_pixels(24, 32, 3, seed=3)
+    first = controller.handle(image_message(frame, "rgb8"))  # measures the costs
+    assert first.stats.skipped_classes == [] and first.stats.budget_ms == 0.0
+    controller.update({"latency_budget_ms": 1e-3})  # below any frame's cost: only the first class
+    outcome = controller.handle(image_message(frame, "rgb8"))
+    assert outcome.stats.classes == ["sky"]
+    assert outcome.stats.skipped_classes == ["car", "road"]
+    assert outcome.stats.budget_ms == pytest.approx(1e-3)
+    assert set(np.unique(outcome.labels).tolist()) <= {0, TINY_CLASSES.index("sky") + 1}
+    assert controller.health().level == Level.WARN
+    assert "skipping car, road" in controller.health().message
+    controller.update({"latency_budget_ms": 0.0})  # off: every class again
+    outcome = controller.handle(image_message(frame, "rgb8"))
+    assert outcome.stats.classes == ["sky", "car", "road"] and outcome.stats.skipped_classes == []
+
+
+@pytest.mark.parametrize(("changes", "expected"), [
+    ({"latency_budget_ms": -1.0}, "latency_budget_ms must be a number in [0.0, 100000.0]"),
+    ({"expected_input_hz": "10"}, "expected_input_hz must be a number"),
+    ({"publish_confidence": 1}, "publish_confidence must be true or false"),
+    ({"latency_warn_ms": 5.0, "fusion": "max"}, "fusion must be one of"),
+])
+def test_new_settings_are_checked_all_or_nothing(controller: SegmentationController, changes: dict,
+                                                 expected: str) -> None:
+    with pytest.raises(ValueError, match=re.escape(expected)):
+        controller.update(changes)
+    values = dict(controller.health().values)  # nothing was applied
+    assert (values["latency budget (ms)"], values["latency warn (ms)"]) == ("off", "not checked")
+
+
+def test_label_values_stop_below_unlabeled(tiny_model: FPSeg) -> None:
+    """A full bank labels up to MAX_CLASSES (254); 255 is vision_msgs' 'unlabeled' and never in the label map."""
+    names = [f"class_{i}" for i in range(MAX_CLASSES)]
+    tiny_model.set_bank(make_bank(tiny_model, names))
+    controller = SegmentationController(tiny_model, classes=[names[-1]], score_threshold=LOW_THRESHOLD)
+    label_map = controller.label_map()
+    assert max(label_map) == MAX_CLASSES == UNLABELED_CLASS_ID - 1
+    assert UNLABELED_CLASS_ID not in label_map
+    labels = _labels(controller, random_pixels(16, 16, 3, seed=9))
+    assert set(np.unique(labels).tolist()) <= {0, MAX_CLASSES}
 
 
 def test_mono8_frame_is_segmented_as_grey_rgb(controller: SegmentationController, tiny_model: FPSeg) -> None:

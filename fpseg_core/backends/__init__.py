@@ -9,9 +9,10 @@ A backend does three things, on tensors that live on the pipeline's device:
 Pre-processing and the label image (`FastLabeler`) stay in PyTorch on the pipeline's device, whatever the
 backend. On CPU, freed memory is kept for reuse (see `cpu_memory`). ONNX Runtime and TensorRT refuse, when
 built, graphs or engines made from another model (see `fpseg_core.artifacts`). `auto` without `engine_dir`
-runs PyTorch; with one it picks TensorRT where the folder holds engines and a GPU is usable, else ONNX
-Runtime where it holds an export, and an `engine_dir` it cannot use is an error, never a quiet fallback
-to PyTorch. Both the device and the backend chosen are logged at INFO with the reason.
+runs PyTorch; with one it picks TensorRT where the folder holds engines TensorRT can run here (a GPU, a
+supported TensorRT, the version and GPU architecture they were built for), else ONNX Runtime on the export
+beside them (saying at INFO why not TensorRT), and an `engine_dir` it cannot use is an error, never a quiet
+fallback to PyTorch. Both the device and the backend chosen are logged at INFO with the reason.
 """
 
 from __future__ import annotations
@@ -78,7 +79,8 @@ def resolve_device(device: str | torch.device) -> torch.device:
 def choose_backend(requested: str, device: torch.device, engine_dir: str | Path | None) -> tuple[str, str]:
     """(backend name, reason): `requested` unless it is 'auto', which picks what can run here.
 
-    'auto' runs torch only when no `engine_dir` is given; an `engine_dir` that is missing or holds nothing
+    'auto' runs torch only when no `engine_dir` is given; engines TensorRT cannot run here fall back to the
+    ONNX export beside them (logged at INFO with the reason); an `engine_dir` that is missing or holds nothing
     that can run on `device` raises ExportError saying why.
     """
     if requested not in BACKENDS:
@@ -91,14 +93,14 @@ def choose_backend(requested: str, device: torch.device, engine_dir: str | Path 
     if not folder.is_dir():
         raise ExportError(f"engine_dir {folder} does not exist; pass the folder written by `fpseg export-onnx` "
                           "(or `fpseg build-engine`), or no engine_dir to run torch")
-    refused = []
+    refused, engine_refusal = [], None
     if has_engines(folder):
-        if device.type != "cuda":
-            refused.append(f"its TensorRT engines need a CUDA device, not {device}")
-        elif not _importable("tensorrt"):
-            refused.append("it holds TensorRT engines but the tensorrt package is not installed")
-        else:
-            return "tensorrt", f"TensorRT engines in {folder} and a GPU"
+        from .tensorrt_backend import tensorrt_refusal
+
+        engine_refusal = tensorrt_refusal(folder, device)
+        if engine_refusal is None:
+            return "tensorrt", f"TensorRT engines in {folder} that run on this GPU"
+        refused.append(f"its TensorRT engines cannot run here ({engine_refusal})")
     if has_onnx_export(folder):
         if not _importable("onnxruntime"):
             refused.append("it holds an ONNX export but onnxruntime is not installed (pip install "
@@ -107,6 +109,9 @@ def choose_backend(requested: str, device: torch.device, engine_dir: str | Path 
             refused.append(f"it holds an ONNX export but this onnxruntime has no CUDA provider for {device} "
                            "(pip install onnxruntime-gpu, or build TensorRT engines with `fpseg build-engine`)")
         else:
+            if engine_refusal:
+                LOGGER.info("TensorRT engines in %s cannot run here, falling back to ONNX Runtime on the ONNX "
+                            "export beside them: %s", folder, engine_refusal)
             return "onnxruntime", f"ONNX export in {folder}"
     if not refused:
         refused.append(f"it holds neither {SIDECAR} (`fpseg export-onnx`) nor {ENGINE_SIDECAR} "

@@ -12,6 +12,7 @@ from ..files import OutputExistsError
 from ..jobs.options import device_type
 from ..modeling.build import ENCODERS, tiny_config
 from ..predictor import FPSeg
+from ..weights import REGISTRY, resolve_checkpoint
 
 RANDOM_WARNING = "WARNING: --random-weights: the network is random, its labels mean nothing (smoke tests / timing)"
 
@@ -19,7 +20,9 @@ RANDOM_WARNING = "WARNING: --random-weights: the network is random, its labels m
 def add_model_arguments(parser: argparse.ArgumentParser) -> None:
     """--checkpoint / --prompts / --random-weights and the inference options every runtime command takes."""
     group = parser.add_argument_group("model")
-    group.add_argument("--checkpoint", type=Path, help="SAM / MobileSAM / FPSeg / fpseg_ros checkpoint (.pth)")
+    group.add_argument("--checkpoint", type=Path,
+                       help="SAM / MobileSAM / FPSeg / fpseg_ros checkpoint (.pth), or the name of cached weights "
+                            f"({', '.join(REGISTRY)}; `fpseg weights fetch NAME` caches them)")
     group.add_argument("--prompts", type=Path, help="prompt bank (.safetensors); required for SAM checkpoints")
     group.add_argument("--force-prompts", action="store_true",
                        help="use a prompt bank even if it was tuned for another decoder")
@@ -56,7 +59,8 @@ def load_model(args: argparse.Namespace) -> FPSeg:
             return FPSeg.random(tiny_config(args.encoder or "mobilesam"), **options)
     if args.checkpoint is None:
         raise ValueError("--checkpoint is required (or --random-weights for a smoke test)")
-    return FPSeg.from_checkpoint(args.checkpoint, prompts=args.prompts, encoder=args.encoder,
+    resolved = resolve_checkpoint(args.checkpoint)  # a cached name's bank is the default prompts
+    return FPSeg.from_checkpoint(resolved.checkpoint, prompts=args.prompts or resolved.prompts, encoder=args.encoder,
                                  force_prompts=args.force_prompts, **options)
 
 

@@ -7,8 +7,11 @@ The published FPSeg export baked the prompts in as constants, so changing a clas
 new engine. Here the prompt tokens are an input: any bank of the exported prompt size tuned for the same
 decoder runs on the same graphs. The decoder graph is `FastMaskDecoder` (class-independent work done once).
 `fpseg_onnx.json` (format and checks in `fpseg_core.artifacts`) binds the graphs to the model they came
-from. Writing is safe to interrupt: the old manifest is removed first, each graph is written atomically,
-and the new manifest comes last, so a folder with a manifest always holds the graphs it describes.
+from and lists each graph's op types (checked by `fpseg build-engine` against what TensorRT imports). Opset 17
+(the default) keeps every LayerNorm one LayerNormalization node; opset 16 decomposes it (ReduceMean / Pow /
+Sqrt), for ONNX parsers without LayerNormalization such as TensorRT 8.5's. Writing is safe to interrupt: the
+old manifest is removed first, each graph is written atomically, and the new manifest comes last, so a folder
+with a manifest always holds the graphs it describes.
 """
 
 from __future__ import annotations
@@ -16,6 +19,7 @@ from __future__ import annotations
 import json
 import time
 import warnings
+from itertools import chain
 from pathlib import Path
 from typing import Any
 
@@ -27,6 +31,8 @@ from ..artifacts import (
     EXPORT_OUTPUTS,
     FORMAT,
     GRAPH_FILES,
+    LAYERNORM_OPSET,
+    OPSETS,
     SIDECAR,
     check_outputs,
     encoder_fingerprint,
@@ -39,7 +45,7 @@ from ..modeling.fast_decoder import FastMaskDecoder
 from ..modeling.fpseg import FPSegModel
 from ..prompt_bank import decoder_fingerprint
 
-DEFAULT_OPSET = 17
+DEFAULT_OPSET = LAYERNORM_OPSET
 EXPORTER = "torch.onnx.export (TorchScript-based, dynamo=False)"
 
 
@@ -75,9 +81,12 @@ def export_onnx(
 ) -> dict[str, Any]:
     """Write encoder.onnx, decoder.onnx and then fpseg_onnx.json to `out_dir`; returns the manifest.
 
-    A folder that already holds any of these files is refused unless `overwrite` (`--overwrite`).
+    A folder that already holds any of these files is refused unless `overwrite` (`--overwrite`). `opset` is
+    one of OPSETS.
     """
     require_choice("input_mode", input_mode, INPUT_MODES)
+    if opset not in OPSETS:
+        raise ValueError(f"opset must be one of {', '.join(map(str, OPSETS))}, got {opset!r}")
     out = Path(out_dir)
     check_outputs(out, EXPORT_OUTPUTS, overwrite)
     out.mkdir(parents=True, exist_ok=True)
@@ -106,7 +115,9 @@ def export_onnx(
         "prompt_size": prompt_size,
         "embed_dim": EMBED_DIM,
         "max_classes": MAX_CLASSES,
+        "bank_classes": model.prompt_encoder.n_classes,
         "opset": opset,
+        "ops": {role: graph_ops(out / name) for role, name in GRAPH_FILES.items()},
         "exporter": EXPORTER,
         "encoder_fingerprint": encoder_fingerprint(state),
         "decoder_fingerprint": decoder_fingerprint(state),
@@ -120,6 +131,21 @@ def export_onnx(
     }
     atomic_write_text(out / SIDECAR, json.dumps(sidecar, indent=2) + "\n")
     return sidecar
+
+
+def graph_ops(path: Path) -> list[str]:
+    """The sorted op types of the ONNX graph at `path`, subgraphs (If / Loop bodies) included."""
+    import onnx
+
+    found: set[str] = set()
+    graphs = [onnx.load(str(path), load_external_data=False).graph]
+    while graphs:
+        graph = graphs.pop()
+        for node in graph.node:
+            found.add(node.op_type)
+            graphs += [attribute.g for attribute in node.attribute if attribute.HasField("g")]
+            graphs += list(chain.from_iterable(attribute.graphs for attribute in node.attribute))
+    return sorted(found)
 
 
 def _export(module: nn.Module, args: tuple, path: Path, input_names: list[str], output_names: list[str],

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import torch
+import torch.nn.functional as F
 from torch import nn
 
 
@@ -20,7 +21,12 @@ class MLPBlock(nn.Module):
 
 
 class LayerNorm2d(nn.Module):
-    """LayerNorm over the channel axis of a [B, C, H, W] tensor (SAM's LayerNorm2d, eps 1e-6)."""
+    """LayerNorm over the channel axis of a [B, C, H, W] tensor (SAM's LayerNorm2d, eps 1e-6).
+
+    Computed as `F.layer_norm` on channels-last values, so that the ONNX export (opset 17 and later) holds one
+    LayerNormalization node, which TensorRT runs in fp32 inside fp16 engines, instead of a ReduceMean / Pow /
+    Sqrt decomposition that overflows in fp16. Same numbers as SAM's formula to float rounding (~1e-6).
+    """
 
     def __init__(self, num_channels: int, eps: float = 1e-6) -> None:
         super().__init__()
@@ -29,7 +35,5 @@ class LayerNorm2d(nn.Module):
         self.eps = eps
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        u = x.mean(1, keepdim=True)
-        s = (x - u).pow(2).mean(1, keepdim=True)
-        x = (x - u) / torch.sqrt(s + self.eps)
-        return self.weight[:, None, None] * x + self.bias[:, None, None]
+        normed = F.layer_norm(x.permute(0, 2, 3, 1), self.weight.shape, self.weight, self.bias, self.eps)
+        return normed.permute(0, 3, 1, 2).contiguous()

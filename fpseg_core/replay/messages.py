@@ -34,16 +34,18 @@ float32 threshold
 """
 # Copy of msg/SegmentationStats.msg for pip installs, where the repository's msg/ folder is not installed;
 # test_replay_evaluation checks that the two are identical.
-SEGMENTATION_STATS_MSG = """\
-# One report per segmented frame, published by the fpseg node on ~/stats.
+SEGMENTATION_STATS_MSG = """# One report per segmented frame, published by the fpseg node on ~/stats.
 
 # Stamp and frame_id of the input image.
 std_msgs/Header header
 
 # Frames segmented since the node started (the first is 1).
 uint64 frame
-# Active classes used for this frame, in priority order.
+# Classes segmented in this frame, in priority order.
 string[] classes
+# Active classes left out of this frame to keep to latency_budget_ms (the end of the priority list; empty
+# without a budget or when every active class fits).
+string[] skipped_classes
 # Inference backend that ran the model: torch, onnxruntime or tensorrt.
 string backend
 
@@ -54,6 +56,8 @@ float32 decoder_ms
 float32 postprocess_ms
 # preprocess + encoder + decoder + postprocess.
 float32 inference_ms
+# The latency budget in force (parameter latency_budget_ms; 0 = none) that inference_ms is planned against.
+float64 budget_ms
 
 # End to end: from the image's header stamp (its arrival if unstamped) to the outputs being ready to
 # publish, on the node's clock (sim time when use_sim_time is set).

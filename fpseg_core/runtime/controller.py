@@ -6,15 +6,18 @@ The rclpy node (fpseg_ros/node.py) only turns parameters, messages and service c
 
 from __future__ import annotations
 
+import gc
 import math
 import threading
 import time
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import asdict, dataclass, field
+from dataclasses import replace as evolve
 from pathlib import Path
 from typing import Any
 
 import numpy as np
+import torch
 
 from fpseg_core.constants import MAX_CLASSES
 from fpseg_core.errors import FPSegError, PromptBankError
@@ -22,7 +25,10 @@ from fpseg_core.predictor import FPSeg
 from fpseg_core.preprocess import to_rgb
 from fpseg_core.prompt_bank import PromptBank
 from fpseg_core.visualize import blend, colorize, palette
+from fpseg_core.weights import resolve_checkpoint
 
+from .budget import BudgetPlanner
+from .health import Health, HealthLimits, HealthMonitor, HealthSnapshot
 from .image_codec import DecodedImage, MalformedImageError, decode_compressed, decode_image, stamp_ns
 from .latest_frame_worker import LatestFrameWorker
 from .parameters import PARAMETER_BY_NAME, RUNTIME_PARAMETERS
@@ -42,12 +48,14 @@ class FrameStats:
 
     frame: int
     classes: list[str]
+    skipped_classes: list[str]
     backend: str
     preprocess_ms: float
     encoder_ms: float
     decoder_ms: float
     postprocess_ms: float
     inference_ms: float
+    budget_ms: float
     latency_ms: float
     window: int
     latency_mean_ms: float
@@ -65,7 +73,8 @@ class FrameStats:
 
 @dataclass(frozen=True)
 class FrameResult:
-    """What the node publishes for one image: labels (H x W uint8), optional rgb8 overlay, stats.
+    """What the node publishes for one image: labels (H x W uint8), optional rgb8 overlay, optional mono8
+    confidence (H x W uint8, round(255 * probability of the winning class), 0 = none), stats.
 
     `header` is the input message's header, to be copied onto every output.
     """
@@ -73,6 +82,7 @@ class FrameResult:
     header: Any
     labels: np.ndarray
     overlay: np.ndarray | None
+    confidence: np.ndarray | None
     stats: FrameStats
 
 
@@ -96,9 +106,10 @@ class PromptUpdate:
 
 @dataclass(frozen=True)
 class _Options:
-    fusion: str
-    score_threshold: float
-    publish_color: bool
+    fusion: str = "argmax"
+    score_threshold: float = 0.5
+    publish_color: bool = False
+    publish_confidence: bool = False
 
 
 def load_pipeline(
@@ -111,14 +122,19 @@ def load_pipeline(
 ) -> FPSeg:
     """The FPSeg pipeline the node runs, from its launch-time parameters (paths may start with '~').
 
+    `checkpoint` is a path or the name of cached weights ('fpseg-mobilesam', see fpseg_core.weights): a name is
+    read from the cache, never downloaded, and without `prompts` its cached named bank is used.
+
     `device` auto and `backend` auto are resolved by FPSeg and logged at INFO with the reason; a GPU that is
     not there, or an `engine_dir` that is missing or made for another model, is an error here, at start.
     """
     if not checkpoint:
-        raise FPSegError("parameter 'checkpoint' is empty; launch with checkpoint:=/path/to/model.pth")
+        raise FPSegError("parameter 'checkpoint' is empty; launch with checkpoint:=/path/to/model.pth (or "
+                         "checkpoint:=fpseg-mobilesam after `fpseg weights fetch fpseg-mobilesam`)")
+    resolved = resolve_checkpoint(checkpoint)
     return FPSeg.from_checkpoint(
-        Path(checkpoint).expanduser(),
-        prompts=Path(prompts).expanduser() if prompts else None,
+        resolved.checkpoint,
+        prompts=Path(prompts).expanduser() if prompts else resolved.prompts,
         device=device,
         input_mode=input_mode,
         backend=backend,
@@ -134,6 +150,27 @@ def _message(exc: BaseException) -> str:
     return str(exc.args[0]) if isinstance(exc, KeyError) and exc.args else str(exc)
 
 
+def _checked_number(name: str, value: Any) -> float:
+    """`value` as a float when it is a number in the parameter's range; ValueError naming the range otherwise."""
+    low, high = PARAMETER_BY_NAME[name].float_range
+    if isinstance(value, bool) or not isinstance(value, (int, float)) or not low <= value <= high:
+        raise ValueError(f"{name} must be a number in [{low}, {high}], got {value!r}")
+    return float(value)
+
+
+def _checked_flag(name: str, value: Any) -> bool:
+    if not isinstance(value, bool):
+        raise ValueError(f"{name} must be true or false, got {value!r}")
+    return value
+
+
+def free_device_memory() -> None:
+    """Return the memory of released pipelines: collect them, then empty torch's CUDA cache (if CUDA is used)."""
+    gc.collect()
+    if torch.cuda.is_initialized():
+        torch.cuda.empty_cache()
+
+
 class SegmentationController:
     """Owns the FPSeg pipeline, its prompt bank, the active classes and the output options.
 
@@ -141,6 +178,10 @@ class SegmentationController:
     instructions, so parameter changes never wait for inference); `_model_lock` is held for a whole
     inference and for a bank swap, so a frame never sees half of a new bank. Class lists are validated
     against the bank under `_state_lock` and bank swaps hold both locks.
+
+    Life cycle: `start` runs the inference thread, `stop` ends it (the model stays loaded), and `start` may
+    be called again; the node's lifecycle transitions map onto these. `health` summarises the counters for
+    /diagnostics; `latency_budget_ms` keeps each frame to the prefix of the active classes that fits.
     """
 
     def __init__(
@@ -154,6 +195,11 @@ class SegmentationController:
         max_classes: int = MAX_CLASSES,
         compressed_input: bool = False,
         clock_ns: Callable[[], int] = time.time_ns,
+        publish_confidence: bool = False,
+        latency_budget_ms: float = 0.0,
+        expected_input_hz: float = 0.0,
+        latency_warn_ms: float = 0.0,
+        monotonic: Callable[[], float] = time.monotonic,
     ) -> None:
         if not 1 <= max_classes <= MAX_CLASSES:
             raise ValueError(f"max_classes must be in [1, {MAX_CLASSES}], got {max_classes}")
@@ -161,21 +207,34 @@ class SegmentationController:
         self._max_classes = int(max_classes)
         self._decode = decode_compressed if compressed_input else decode_image
         self._clock_ns = clock_ns
+        self._monotonic = monotonic
         self._state_lock = threading.Lock()
         self._model_lock = threading.Lock()
         self._stats = RollingStats(stats_window)
+        self._planner = BudgetPlanner()
+        self._health = HealthMonitor()
+        self._limits = HealthLimits()
         self._palette = palette(fpseg.classes)
         self._active: tuple[str, ...] = ()
-        self._options = _Options("argmax", 0.5, False)
+        self._skipped: list[str] = []
+        self._options = _Options()
         self._frames = 0
+        self._received = 0
         self._rejected = 0
         self._failed = 0
+        self._dropped_before = 0  # frames dropped by inference threads that were stopped
+        self._last_input_s: float | None = None
+        self._started_s = monotonic()
         self._worker: LatestFrameWorker | None = None
         self.update({
             "classes": list(fpseg.classes) if classes is None else classes,
             "fusion": fusion,
             "score_threshold": score_threshold,
             "publish_color": publish_color,
+            "publish_confidence": publish_confidence,
+            "latency_budget_ms": latency_budget_ms,
+            "expected_input_hz": expected_input_hz,
+            "latency_warn_ms": latency_warn_ms,
         })
 
     # ----------------------------------------------------------------------------------------- state
@@ -193,6 +252,10 @@ class SegmentationController:
     @property
     def backend_name(self) -> str:
         return self._fpseg.backend_name
+
+    @property
+    def device(self) -> str:
+        return str(self._fpseg.device)
 
     @property
     def score_threshold(self) -> float:
@@ -235,7 +298,8 @@ class SegmentationController:
         return tuple(names)
 
     def update(self, changes: Mapping[str, Any]) -> None:
-        """Apply run-time settings (classes, fusion, score_threshold, publish_color, stats_window) at once.
+        """Apply run-time settings (the RUNTIME_PARAMETERS: classes, fusion, score_threshold, publish_color,
+        publish_confidence, latency_budget_ms, expected_input_hz, latency_warn_ms, stats_window) at once.
 
         Every value is checked first; on any problem nothing changes and ValueError says why.
         """
@@ -243,31 +307,32 @@ class SegmentationController:
         if unknown:
             raise ValueError(f"not a run-time setting: {', '.join(unknown)}")
         with self._state_lock:
-            options = self._options
-            active = self._active
-            if "classes" in changes:
-                active = self.validate_classes(changes["classes"])
+            active = self.validate_classes(changes["classes"]) if "classes" in changes else self._active
+            options, limits, budget, window = self._options, self._limits, self._planner.budget_ms, None
             if "fusion" in changes:
                 reason = PARAMETER_BY_NAME["fusion"].check_choice(changes["fusion"])
                 if reason:
                     raise ValueError(reason)
-                options = _Options(changes["fusion"], options.score_threshold, options.publish_color)
+                options = evolve(options, fusion=changes["fusion"])
             if "score_threshold" in changes:
-                low, high = PARAMETER_BY_NAME["score_threshold"].float_range
-                value = changes["score_threshold"]
-                if isinstance(value, bool) or not isinstance(value, (int, float)) or not low <= value <= high:
-                    raise ValueError(f"score_threshold must be a number in [{low}, {high}], got {value!r}")
-                options = _Options(options.fusion, float(value), options.publish_color)
-            if "publish_color" in changes:
-                if not isinstance(changes["publish_color"], bool):
-                    raise ValueError(f"publish_color must be true or false, got {changes['publish_color']!r}")
-                options = _Options(options.fusion, options.score_threshold, changes["publish_color"])
+                options = evolve(options, score_threshold=_checked_number("score_threshold",
+                                                                            changes["score_threshold"]))
+            for flag in ("publish_color", "publish_confidence"):
+                if flag in changes:
+                    options = evolve(options, **{flag: _checked_flag(flag, changes[flag])})
+            for limit in ("expected_input_hz", "latency_warn_ms"):
+                if limit in changes:
+                    limits = evolve(limits, **{limit: _checked_number(limit, changes[limit])})
+            if "latency_budget_ms" in changes:
+                budget = _checked_number("latency_budget_ms", changes["latency_budget_ms"])
             if "stats_window" in changes:
-                value = changes["stats_window"]
-                if isinstance(value, bool) or not isinstance(value, int) or value < 1:
-                    raise ValueError(f"stats_window must be a positive integer, got {value!r}")
-                self._stats.resize(value)
-            self._active, self._options = active, options
+                window = changes["stats_window"]
+                if isinstance(window, bool) or not isinstance(window, int) or window < 1:
+                    raise ValueError(f"stats_window must be a positive integer, got {window!r}")
+            if window is not None:
+                self._stats.resize(window)
+            self._planner.budget_ms = budget
+            self._active, self._options, self._limits = active, options, limits
 
     # --------------------------------------------------------------------------------- prompt banks
     def load_prompts(
@@ -374,11 +439,15 @@ class SegmentationController:
     def _segment(self, image: DecodedImage, header: Any, start_ns: int) -> FrameResult:
         with self._model_lock:
             with self._state_lock:
-                classes, options, colours = list(self._active), self._options, self._palette
+                active, options, colours = list(self._active), self._options, self._palette
+            plan = self._planner.plan(active)
             result = self._fpseg.segment(
-                image.pixels, classes, fusion=options.fusion,
+                image.pixels, plan.kept, fusion=options.fusion,
                 threshold=probability_to_logit(options.score_threshold), color_order=image.color_order,
+                confidence=options.publish_confidence,
             )
+        self._planner.observe(result.timings_ms, len(plan.kept))
+        self._skipped = plan.skipped
         overlay = None
         if options.publish_color:
             overlay = blend(to_rgb(image.pixels, image.color_order), colorize(result.labels, colours),
@@ -390,12 +459,14 @@ class SegmentationController:
         stats = FrameStats(
             frame=self._frames,
             classes=list(result.classes),
+            skipped_classes=plan.skipped,
             backend=self.backend_name,
             preprocess_ms=timings.get("preprocess", math.nan),
             encoder_ms=timings.get("encoder", math.nan),
             decoder_ms=timings.get("decoder", math.nan),
             postprocess_ms=timings.get("postprocess", math.nan),
             inference_ms=timings.get("total", math.nan),
+            budget_ms=self._planner.budget_ms,
             latency_ms=latency_ms,
             window=window.frames,
             latency_mean_ms=window.latency_mean_ms,
@@ -407,13 +478,13 @@ class SegmentationController:
             rejected_frames=self._rejected,
             failed_frames=self._failed,
         )
-        return FrameResult(header, result.labels, overlay, stats)
+        return FrameResult(header, result.labels, overlay, result.confidence, stats)
 
     # ---------------------------------------------------------------------------------- worker thread
     @property
     def dropped_frames(self) -> int:
-        """Frames replaced by a newer one before the worker got to them."""
-        return self._worker.dropped if self._worker is not None else 0
+        """Frames replaced by a newer one before the worker got to them (over every start)."""
+        return self._dropped_before + (self._worker.dropped if self._worker is not None else 0)
 
     @property
     def rejected_frames(self) -> int:
@@ -441,9 +512,14 @@ class SegmentationController:
     ) -> None:
         """Start the supervised inference thread: each submitted frame's outcome goes to on_result /
         on_rejection (called on that thread). An exception from those callbacks goes to on_error and the
-        thread goes on with the next frame; a result that could not be published counts in failed_frames."""
-        if self._worker is not None:
+        thread goes on with the next frame; a result that could not be published counts in failed_frames.
+        After `stop`, `start` runs a new thread (counters go on); it refuses while a thread is running."""
+        if self._worker is not None and self._worker.alive:
             raise RuntimeError("the controller's worker is already started")
+        if self._worker is not None:
+            if self._worker.death_cause is not None:
+                raise RuntimeError("the controller's worker died; create a new controller")
+            self._dropped_before += self._worker.dropped
 
         def work(msg: Any) -> None:
             outcome = self.handle(msg)
@@ -456,6 +532,8 @@ class SegmentationController:
                 self._failed += 1
                 raise
 
+        self._health.reset()
+        self._started_s, self._last_input_s = self._monotonic(), None
         self._worker = LatestFrameWorker(work, on_error, name="fpseg-inference")
         self._worker.start()
 
@@ -465,8 +543,36 @@ class SegmentationController:
         False when the thread no longer takes frames: stopped, or dead (see `death_cause`)."""
         if self._worker is None:
             raise RuntimeError("call start() before submit()")
+        self._received += 1
+        self._last_input_s = self._monotonic()
         return self._worker.submit(msg)
 
     def stop(self, timeout: float | None = 10.0) -> bool:
-        """Stop the inference thread after the frame in progress; True when it has ended."""
+        """Stop the inference thread after the frame in progress; True when it has ended. The model stays
+        loaded and `start` may run a new thread."""
         return self._worker.stop(timeout) if self._worker is not None else True
+
+    # ------------------------------------------------------------------------------------------ health
+    def health(self) -> Health:
+        """Level, message and key-values for /diagnostics, from the counters since the last call."""
+        summary = self._stats.summary()
+        with self._state_lock:
+            active, limits, fingerprint = list(self._active), self._limits, self._fpseg.bank.decoder_fingerprint
+        snapshot = HealthSnapshot(
+            received_frames=self._received,
+            segmented_frames=self._frames,
+            dropped_frames=self.dropped_frames,
+            rejected_frames=self._rejected,
+            failed_frames=self._failed,
+            running_since_s=self._started_s,
+            last_input_s=self._last_input_s,
+            latency_mean_ms=summary.latency_mean_ms,
+            latency_p95_ms=summary.latency_p95_ms,
+            skipped_classes=list(self._skipped),
+            budget_ms=self._planner.budget_ms,
+            backend=self.backend_name,
+            device=self.device,
+            active_classes=active,
+            bank_fingerprint=fingerprint or self._fpseg.fingerprint,
+        )
+        return self._health.assess(snapshot, limits, self._monotonic())

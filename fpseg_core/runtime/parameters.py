@@ -7,6 +7,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from fpseg_core.constants import BACKENDS, FUSIONS, INPUT_MODES, MAX_CLASSES, choice_error
+from fpseg_core.weights import REGISTRY
 
 RESTART = "Read-only: set it at launch (restart the node to change it)."
 
@@ -46,7 +47,9 @@ class ParameterSpec:
 PARAMETERS: tuple[ParameterSpec, ...] = (
     ParameterSpec(
         "checkpoint", "",
-        "SAM / MobileSAM / FPSeg / fpseg_ros checkpoint file (.pth or .pt; '~' is expanded). Required. " + RESTART,
+        "SAM / MobileSAM / FPSeg / fpseg_ros checkpoint file (.pth or .pt; '~' is expanded), or the name of "
+        f"cached weights ({', '.join(REGISTRY)}), read from $FPSEG_HOME "
+        "(default ~/.cache/fpseg) after `fpseg weights fetch NAME`, never downloaded. Required. " + RESTART,
         read_only=True,
     ),
     ParameterSpec(
@@ -92,6 +95,13 @@ PARAMETERS: tuple[ParameterSpec, ...] = (
         read_only=True, integer_range=(1, MAX_CLASSES),
     ),
     ParameterSpec(
+        "autostart", True,
+        "Configure and activate the lifecycle node at start-up (the node then runs as soon as it is launched); "
+        "false: it waits unconfigured for a lifecycle manager (ros2 lifecycle set /fpseg configure, then "
+        "activate). " + RESTART,
+        read_only=True,
+    ),
+    ParameterSpec(
         "classes", None,
         "Active classes in priority order, e.g. [road, person]; default: every class of the prompt bank. "
         "Takes effect on the next frame (no reload). Unknown names, an empty list, duplicates or more than "
@@ -114,6 +124,31 @@ PARAMETERS: tuple[ParameterSpec, ...] = (
         "publish_color", False,
         "Publish ~/color, the rgb8 overlay of the labels on the image (costs CPU and bandwidth). "
         "Takes effect on the next frame.",
+    ),
+    ParameterSpec(
+        "publish_confidence", False,
+        "Publish ~/confidence, mono8: per pixel round(255 * probability of the winning class), 0 where no class "
+        "is present; computed in the same low-resolution pass as the labels. Takes effect on the next frame.",
+    ),
+    ParameterSpec(
+        "latency_budget_ms", 0.0,
+        "Per-frame processing budget in ms (0 = none): when the active classes are predicted not to fit (from "
+        "the node's running estimates of its fixed and per-class cost), only the longest prefix of `classes` "
+        "that fits is segmented (at least one class; the rest are listed in ~/stats skipped_classes). Takes "
+        "effect on the next frame.",
+        float_range=(0.0, 100000.0),
+    ),
+    ParameterSpec(
+        "expected_input_hz", 0.0,
+        "Image rate the camera should deliver; /diagnostics warns when the input is slower or stalls "
+        "(0 = not checked). Takes effect on the next diagnostics update.",
+        float_range=(0.0, 1000.0),
+    ),
+    ParameterSpec(
+        "latency_warn_ms", 0.0,
+        "/diagnostics warns when the rolling p95 end-to-end latency exceeds this (0 = not checked). Takes "
+        "effect on the next diagnostics update.",
+        float_range=(0.0, 100000.0),
     ),
     ParameterSpec(
         "stats_window", 100,
