@@ -32,6 +32,8 @@ setup(
         # TensorRT 8.6 to 10.x (11 is refused until strongly typed builds exist). Not for Jetson: pip has no
         # TensorRT for it; use JetPack's python3-libnvinfer from a `python3 -m venv --system-site-packages` venv.
         "tensorrt": ["tensorrt>=8.6,<11"],
+        # OpenVINO on the CPU (fp32 / bf16 / int8); nncf writes the int8 folders of `fpseg quantize`.
+        "openvino": ["openvino>=2026.4", "nncf>=3.4"],
         "bag": ["rosbags>=0.10", "mcap>=1.1"],
         "plot": ["matplotlib>=3.7"],
         "test": [
@@ -42,6 +44,8 @@ setup(
             "onnx>=1.15",
             "onnxruntime>=1.17",
             "onnxscript>=0.1",
+            "openvino>=2026.4",
+            "nncf>=3.4",
             "rosbags>=0.10",
             "mcap>=1.1",
             "matplotlib>=3.7",

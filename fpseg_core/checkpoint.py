@@ -9,6 +9,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import torch
+from torch import nn
 
 from .cityscapes_labels import BANK33
 from .errors import CheckpointError, PromptBankError
@@ -131,7 +132,7 @@ def _not_a_state_dict(path: Path, what: str, value: object) -> str:
             f"tensor); {RESAVE_HINT}")
 
 
-def _state_dict(value: object, path: Path, what: str) -> dict[str, torch.Tensor]:
+def checked_state_dict(value: object, path: Path, what: str) -> dict[str, torch.Tensor]:
     """`value` when it is a state dict of tensors; otherwise a CheckpointError naming the first wrong entry."""
     if not isinstance(value, dict):
         raise CheckpointError(_not_a_state_dict(path, what, value))
@@ -170,7 +171,7 @@ def _listed(keys: list[str]) -> str:
     return shown + (f" (+{len(keys) - MAX_LISTED_KEYS} more)" if len(keys) > MAX_LISTED_KEYS else "")
 
 
-def load_strict(model: FPSegModel, state_dict: Mapping[str, torch.Tensor], path: Path, what: str) -> None:
+def load_strict(model: nn.Module, state_dict: Mapping[str, torch.Tensor], path: Path, what: str) -> None:
     """load_state_dict(strict=True), with one error listing missing / unexpected keys and wrong shapes."""
     expected = model.state_dict()
     missing = [k for k in expected if k not in state_dict]
@@ -234,7 +235,7 @@ def load_checkpoint(
     state = read_state(path)
     if state.get("format") == PROJECT_FORMAT:
         return _load_project(state, path, encoder)
-    state_dict = _state_dict(_unwrap(state), path, "the state dict")
+    state_dict = checked_state_dict(_unwrap(state), path, "the state dict")
     detected, img_size = detect_encoder_in(state_dict, path)
     if encoder is not None and encoder != detected:
         raise CheckpointError(
@@ -284,7 +285,7 @@ def _bank_from_model(
 def _load_project(state: dict, path: Path, encoder: str | None) -> LoadedCheckpoint:
     try:
         config = FPSegConfig.from_dict(state["config"])
-        state_dict = _state_dict(state["state_dict"], path, "'state_dict'")
+        state_dict = checked_state_dict(state["state_dict"], path, "'state_dict'")
     except (KeyError, TypeError, ValueError) as exc:
         raise CheckpointError(f"{path}: malformed fpseg_ros checkpoint ({exc})") from exc
     if encoder is not None and encoder != config.encoder:

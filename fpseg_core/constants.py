@@ -23,7 +23,7 @@ INPUT_MODES = ("squash", "letterbox")
 InputMode = Literal["squash", "letterbox"]
 
 # Where the network runs (see backends/); 'auto' picks what can run here.
-BACKENDS = ("auto", "torch", "onnxruntime", "tensorrt")
+BACKENDS = ("auto", "torch", "onnxruntime", "tensorrt", "openvino")
 
 # Numeric precisions of the torch backend.
 DTYPE_NAMES = ("fp32", "bf16", "fp16")

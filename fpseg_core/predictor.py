@@ -20,7 +20,7 @@ from .fast_labels import FastLabeler
 from .fusion import fuse
 from .modeling.build import FPSegConfig, build_fpseg
 from .modeling.fpseg import FPSegModel
-from .preprocess import ColorOrder, postprocess_logits, preprocess, to_rgb
+from .preprocess import ColorOrder, Geometry, postprocess_logits, preprocess, to_rgb
 from .prompt_bank import PromptBank, decoder_fingerprint
 from .weights import cached, lookup
 
@@ -31,12 +31,16 @@ STAGES = ("preprocess", "encoder", "decoder", "postprocess")
 class Segmentation:
     """One segmented image: labels (H x W uint8, 1 + bank index, 0 = none), the classes asked for,
     per-stage wall times in milliseconds (keys: preprocess, encoder, decoder, postprocess, total) and, when
-    asked for, the confidence image (H x W uint8, round(255 * probability of the winning class), 0 = none)."""
+    asked for, the confidence image (H x W uint8, round(255 * probability of the winning class), 0 = none) and
+    the encoder's image embedding ([1, 256, h, w] on the model's device) with the Geometry of the image in the
+    encoder input, for more queries on the same encoder pass (e.g. region classification)."""
 
     labels: np.ndarray
     classes: list[str]
     timings_ms: dict[str, float] = field(default_factory=dict)
     confidence: np.ndarray | None = None
+    embedding: torch.Tensor | None = None
+    geometry: Geometry | None = None
 
 
 class _StageTimer:
@@ -97,6 +101,7 @@ class FPSeg:
                                       dtype=dtype)
         self.set_bank(bank, force=force_bank)
         self._labeler = FastLabeler()
+        self.encoder_passes = 0  # images encoded since construction (`segment`, `class_logits`, baseline)
 
     @classmethod
     def from_checkpoint(
@@ -204,6 +209,7 @@ class FPSeg:
                      ) -> torch.Tensor:
         """Per-class logits [N, H, W] at the input size, post-processed exactly as published FPSeg does."""
         x, geometry = self._prepare(image, color_order)
+        self.encoder_passes += 1
         low_res = self.backend.decode(self.backend.encode(x), self._prompts[list(class_ids)])
         return postprocess_logits(low_res, geometry)[0]
 
@@ -215,10 +221,13 @@ class FPSeg:
         threshold: float | None = None,
         color_order: ColorOrder = "rgb",
         confidence: bool = False,
+        keep_embedding: bool = False,
     ) -> Segmentation:
         """Label image and per-stage timings for one image (see `predict`); with `confidence`, also the
-        winning class's probability per pixel, from the same low-resolution pass (`Segmentation.confidence`)."""
-        return self._segment(image, classes, fusion, threshold, color_order, baseline=False, confidence=confidence)
+        winning class's probability per pixel, from the same low-resolution pass (`Segmentation.confidence`);
+        with `keep_embedding`, also the encoder's embedding and the image's Geometry (no extra work)."""
+        return self._segment(image, classes, fusion, threshold, color_order, baseline=False, confidence=confidence,
+                             keep_embedding=keep_embedding)
 
     def segment_baseline(
         self,
@@ -243,6 +252,7 @@ class FPSeg:
         color_order: ColorOrder,
         baseline: bool,
         confidence: bool = False,
+        keep_embedding: bool = False,
     ) -> Segmentation:
         ids = self.resolve_classes(classes)
         fusion, threshold = self._fusion_options(fusion, threshold)
@@ -251,6 +261,7 @@ class FPSeg:
         x, geometry = self._prepare(image, color_order)
         timer.lap("preprocess")
         embedding = network.encode(x)
+        self.encoder_passes += 1
         timer.lap("encoder")
         low_res = network.decode(embedding, self._prompts[ids])
         timer.lap("decoder")
@@ -265,7 +276,8 @@ class FPSeg:
         labels_np = labels.cpu().numpy()
         scores_np = scores.cpu().numpy() if scores is not None else None
         timer.lap("postprocess")
-        return Segmentation(labels_np, [self.bank.names[i] for i in ids], timer.finish(), scores_np)
+        kept = (embedding, geometry) if keep_embedding else (None, None)
+        return Segmentation(labels_np, [self.bank.names[i] for i in ids], timer.finish(), scores_np, *kept)
 
     def _fusion_options(self, fusion: Fusion | None, threshold: float | None) -> tuple[Fusion, float]:
         fusion = fusion or self.fusion

@@ -4,6 +4,9 @@ A managed (lifecycle) node: configure loads the model, activate subscribes and s
 deactivate stops both (the model stays loaded), cleanup frees the model, shutdown stops everything. With
 `autostart` (default) it configures and activates itself at start-up.
 
+With `region_checkpoint` it also classifies regions on the segmented frames' embeddings (no second encoder
+pass): polygons through ~/classify_regions, and detections in on `detections`, out with a class on ~/detections.
+
 Thin by design: parameters come from the table in parameters.py, and all work (class switching, prompt
 loading, decoding, inference on a worker thread, latency budget, statistics, health) is done by the ROS-free
 SegmentationController. Written against the rclpy API common to Humble and Jazzy.
@@ -15,7 +18,6 @@ import sys
 import traceback
 from typing import Any
 
-import rclpy
 from diagnostic_msgs.msg import DiagnosticStatus
 from diagnostic_updater import DiagnosticStatusWrapper, Updater
 from rcl_interfaces.msg import SetParametersResult
@@ -26,8 +28,9 @@ from rclpy.parameter import Parameter
 from rclpy.publisher import Publisher
 from rclpy.qos import DurabilityPolicy, HistoryPolicy, QoSProfile, ReliabilityPolicy
 from rclpy.qos_overriding_options import QoSOverridingOptions
+from rclpy.subscription import Subscription
 from sensor_msgs.msg import CompressedImage, Image
-from vision_msgs.msg import LabelInfo, VisionClass
+from vision_msgs.msg import Detection2DArray, LabelInfo, ObjectHypothesis, ObjectHypothesisWithPose, VisionClass
 
 from fpseg_core.errors import FPSegError
 from fpseg_core.runtime.controller import (
@@ -39,12 +42,13 @@ from fpseg_core.runtime.controller import (
     load_pipeline,
 )
 from fpseg_core.runtime.health import Level, lifecycle_health
-from fpseg_core.runtime.image_codec import fill_image
+from fpseg_core.runtime.image_codec import fill_image, stamp_ns
 from fpseg_core.runtime.parameters import PARAMETER_BY_NAME, PARAMETERS, RUNTIME_PARAMETERS, ParameterSpec
+from fpseg_core.runtime.regions import NS_PER_S, RegionReply, load_region_classifier
 from fpseg_ros.msg import SegmentationStats
 from fpseg_ros.parameters import descriptor
-from fpseg_ros.spin import run_node
-from fpseg_ros.srv import LoadPrompts
+from fpseg_ros.spin import NodeFailedError, run_node
+from fpseg_ros.srv import ClassifyRegions, LoadPrompts
 
 NODE_NAME = "fpseg"
 DIAGNOSTIC_TASK = "segmentation"  # published as "fpseg: segmentation"
@@ -53,21 +57,33 @@ DIAGNOSTIC_LEVELS = {Level.OK: DiagnosticStatus.OK, Level.WARN: DiagnosticStatus
 LOG_THROTTLE_S = 5.0
 STOP_TIMEOUT_S = 30.0
 WATCHDOG_PERIOD_S = 1.0  # how often the node checks that its inference thread is still alive
-# Sensor-data QoS (best effort, volatile) with depth 1: only the newest camera frame matters.
-INPUT_QOS = QoSProfile(history=HistoryPolicy.KEEP_LAST, depth=1, reliability=ReliabilityPolicy.BEST_EFFORT,
-                       durability=DurabilityPolicy.VOLATILE)
-IMAGE_OUTPUT_QOS = QoSProfile(history=HistoryPolicy.KEEP_LAST, depth=1)
-STATS_QOS = QoSProfile(history=HistoryPolicy.KEEP_LAST, depth=10)
-# Latched: a late subscriber still gets the current label map.
-LABEL_INFO_QOS = QoSProfile(history=HistoryPolicy.KEEP_LAST, depth=1, reliability=ReliabilityPolicy.RELIABLE,
-                            durability=DurabilityPolicy.TRANSIENT_LOCAL)
+# Default QoS of each kind of topic, as keyword arguments of QoSProfile. A fresh profile is built for every
+# publisher and subscription: rclpy writes a topic's QoS overrides into the profile object it is given, so a
+# shared object would carry one topic's override over to the next.
+QOS_DEFAULTS: dict[str, dict[str, Any]] = {
+    # Sensor data (best effort, volatile) with depth 1: only the newest camera frame matters.
+    "input": {"depth": 1, "reliability": ReliabilityPolicy.BEST_EFFORT, "durability": DurabilityPolicy.VOLATILE},
+    "image_output": {"depth": 1},
+    "stats": {"depth": 10},
+    # Detections (in and out): reliable, a few messages deep; every box matters, not only the newest.
+    "detections": {"depth": 10},
+    # Latched: a late subscriber still gets the current label map.
+    "label_info": {"depth": 1, "reliability": ReliabilityPolicy.RELIABLE,
+                   "durability": DurabilityPolicy.TRANSIENT_LOCAL},
+}
 # Every topic takes the standard QoS overrides (qos_overrides.<topic>.<publisher|subscription>.<policy>).
 QOS_OVERRIDES = QoSOverridingOptions.with_default_policies()
 
 
+def qos(kind: str) -> QoSProfile:
+    """A new QoS profile of one kind of topic (see QOS_DEFAULTS)."""
+    return QoSProfile(history=HistoryPolicy.KEEP_LAST, **QOS_DEFAULTS[kind])
+
+
 class FPSegNode(LifecycleNode):
     """Subscribes to `image` (or `image/compressed`) while active; publishes ~/labels, ~/color, ~/confidence,
-    ~/stats, ~/label_info and /diagnostics; serves ~/load_prompts. See README, "Running on a robot"."""
+    ~/stats, ~/label_info and /diagnostics; serves ~/load_prompts and ~/classify_regions. With region_checkpoint,
+    also subscribes to `detections` and publishes ~/detections. See README, "Running on a robot"."""
 
     def __init__(self, **node_kwargs: Any) -> None:
         super().__init__(NODE_NAME, **node_kwargs)
@@ -75,12 +91,13 @@ class FPSegNode(LifecycleNode):
             self._declare(spec)
         self._controller: SegmentationController | None = None
         self._outputs: dict[str, Publisher] = {}
-        self._subscription = None
+        self._subscriptions: list[Subscription] = []
         self._state = "unconfigured"
         self._configure_failure = ""
         self._worker_died = False
         self.add_on_set_parameters_callback(self._on_set_parameters)
         self.create_service(LoadPrompts, "~/load_prompts", self._on_load_prompts)
+        self.create_service(ClassifyRegions, "~/classify_regions", self._on_classify_regions)
         self._diagnostics = Updater(self)
         self._diagnostics.setHardwareID("none")
         self._diagnostics.add(DIAGNOSTIC_TASK, self._diagnose)
@@ -103,23 +120,15 @@ class FPSegNode(LifecycleNode):
         """Load the checkpoint, bank and backend; create the publishers. A failure leaves the node unconfigured."""
         try:
             self._controller = self._create_controller()
-        # Whatever stops the model from loading (bad file, missing GPU, ...) is reported; the process lives on.
+            self._create_outputs()
+        # Whatever stops the model from loading (bad file, missing GPU, a bad QoS override, ...) is reported; the
+        # process lives on. (rclpy itself would turn an exception here into ERROR without logging it.)
         except Exception as exc:
             self._configure_failure = str(exc) if isinstance(exc, FPSegError) else f"{type(exc).__name__}: {exc}"
             self.get_logger().error(f"configure failed, staying unconfigured: {self._configure_failure}")
+            self._release()
             return TransitionCallbackReturn.FAILURE
         self._configure_failure = ""
-        self._outputs = {
-            "labels": self.create_publisher(Image, "~/labels", IMAGE_OUTPUT_QOS,
-                                            qos_overriding_options=QOS_OVERRIDES),
-            "color": self.create_publisher(Image, "~/color", IMAGE_OUTPUT_QOS, qos_overriding_options=QOS_OVERRIDES),
-            "confidence": self.create_publisher(Image, "~/confidence", IMAGE_OUTPUT_QOS,
-                                                qos_overriding_options=QOS_OVERRIDES),
-            "stats": self.create_publisher(SegmentationStats, "~/stats", STATS_QOS,
-                                           qos_overriding_options=QOS_OVERRIDES),
-            "label_info": self.create_publisher(LabelInfo, "~/label_info", LABEL_INFO_QOS,
-                                                qos_overriding_options=QOS_OVERRIDES),
-        }
         if self.get_parameter("classes").value is None:  # default: every class of the bank
             # Its callback publishes ~/label_info.
             self.set_parameters([Parameter("classes", Parameter.Type.STRING_ARRAY, self._controller.active)])
@@ -127,22 +136,29 @@ class FPSegNode(LifecycleNode):
             self._publish_label_info()
         self._diagnostics.setHardwareID(self._controller.device)
         self._state = "inactive"
+        regions = self._controller.regions
         self.get_logger().info(
             f"configured: backend {self._controller.backend_name} on {self._controller.device}; "
-            f"bank: {', '.join(self._controller.available)}; active: {', '.join(self._controller.active)}"
+            f"bank: {', '.join(self._controller.available)}; active: {', '.join(self._controller.active)}; "
+            f"region classes: {', '.join(regions.class_names) if regions is not None else 'off'}"
         )
         return TransitionCallbackReturn.SUCCESS
 
     def on_activate(self, state: LifecycleState) -> TransitionCallbackReturn:
-        """Start the inference thread, then subscribe to the images."""
+        """Start the inference thread, then subscribe to the images (and, with regions, to the detections)."""
         self._controller.start(self._publish, self._report, self._on_publish_error)
         compressed = self.get_parameter("compressed_input").value
-        self._subscription = self.create_subscription(
+        self._subscriptions = [self.create_subscription(
             CompressedImage if compressed else Image, "image/compressed" if compressed else "image",
-            self._controller.submit, INPUT_QOS, qos_overriding_options=QOS_OVERRIDES,
-        )
+            self._controller.submit, qos("input"), qos_overriding_options=QOS_OVERRIDES,
+        )]
+        if self._controller.regions is not None:
+            self._subscriptions.append(self.create_subscription(
+                Detection2DArray, "detections", self._on_detections, qos("detections"),
+                qos_overriding_options=QOS_OVERRIDES,
+            ))
         self._state = "active"
-        self.get_logger().info(f"active: segmenting {self._subscription.topic_name}")
+        self.get_logger().info(f"active: reading {', '.join(s.topic_name for s in self._subscriptions)}")
         return TransitionCallbackReturn.SUCCESS
 
     def on_deactivate(self, state: LifecycleState) -> TransitionCallbackReturn:
@@ -174,12 +190,26 @@ class FPSegNode(LifecycleNode):
         self.get_logger().error(f"a lifecycle transition from {state.label} failed; the node is unconfigured")
         return TransitionCallbackReturn.SUCCESS
 
+    def _create_outputs(self) -> None:
+        """The output publishers, each with its own QoS profile and the standard overrides; kept in `_outputs`
+        as they are made, so that `_release` also destroys those made before a failure."""
+        topics = {"labels": (Image, "image_output"), "color": (Image, "image_output"),
+                  "confidence": (Image, "image_output"), "stats": (SegmentationStats, "stats"),
+                  "label_info": (LabelInfo, "label_info")}
+        if self._controller.regions is not None:
+            topics["detections"] = (Detection2DArray, "detections")
+        for name, (msg_type, kind) in topics.items():
+            self._outputs[name] = self.create_publisher(msg_type, f"~/{name}", qos(kind),
+                                                        qos_overriding_options=QOS_OVERRIDES)
+
     def _create_controller(self) -> SegmentationController:
         values = {spec.name: self.get_parameter(spec.name).value for spec in PARAMETERS}
         pipeline = load_pipeline(
             values["checkpoint"], values["prompts"], values["backend"], values["engine_dir"], values["device"],
             values["input_mode"],
         )
+        regions = load_region_classifier(values["checkpoint"], values["region_checkpoint"],
+                                         values["region_class_names"], pipeline)
         return SegmentationController(
             pipeline,
             classes=values["classes"],
@@ -194,12 +224,15 @@ class FPSegNode(LifecycleNode):
             latency_budget_ms=values["latency_budget_ms"],
             expected_input_hz=values["expected_input_hz"],
             latency_warn_ms=values["latency_warn_ms"],
+            region_classifier=regions,
+            region_points=values["region_points"],
+            region_cache_frames=values["region_cache_frames"],
         )
 
     def _stop(self) -> None:
-        if self._subscription is not None:
-            self.destroy_subscription(self._subscription)
-            self._subscription = None
+        for subscription in self._subscriptions:
+            self.destroy_subscription(subscription)
+        self._subscriptions = []
         if self._controller is not None and not self._controller.stop(STOP_TIMEOUT_S):
             self.get_logger().error(f"the inference thread did not stop within {STOP_TIMEOUT_S:.0f} s")
 
@@ -257,6 +290,39 @@ class FPSegNode(LifecycleNode):
             self.get_logger().error(message)
             return PromptUpdate(False, message, controller.available, controller.active)
 
+    def _on_classify_regions(self, request: ClassifyRegions.Request, response: ClassifyRegions.Response
+                             ) -> ClassifyRegions.Response:
+        # Never raises (RegionQueries.answer does not), like ~/load_prompts.
+        if self._controller is None:
+            reply = RegionReply(False, f"{self.get_fully_qualified_name()} is {self._state}: no model is loaded; "
+                                       "configure it first (ros2 lifecycle set <node> configure)")
+        elif self._controller.regions is None:
+            reply = RegionReply(False, "region classification is off: launch the node with "
+                                       "region_checkpoint:=<RoofSAM decoder file>")
+        else:  # the request carries its stamp as a header does
+            reply = self._controller.regions.answer(stamp_ns(request), request.polygons, request.points_per_region)
+        response.success = reply.success
+        response.message = reply.message
+        response.class_names = reply.class_names
+        response.confidences = reply.confidences
+        response.stamp.sec, response.stamp.nanosec = divmod(reply.stamp_ns, NS_PER_S)
+        return response
+
+    def _on_detections(self, msg: Detection2DArray) -> None:
+        """Append the region classifier's class (class_id) and vote fraction (score) to each detection and
+        republish the array on ~/detections; an array that cannot be classified is logged, not republished."""
+        try:
+            labels = self._controller.regions.detections(stamp_ns(msg.header), msg.detections)
+        # An exception would end rclpy.spin and with it the node.
+        except Exception as exc:
+            reason = str(exc) if isinstance(exc, FPSegError) else f"{type(exc).__name__}: {exc}"
+            self.get_logger().warning(f"detections not classified: {reason}", throttle_duration_sec=LOG_THROTTLE_S)
+            return
+        for detection, (class_name, score) in zip(msg.detections, labels, strict=True):
+            detection.results.append(
+                ObjectHypothesisWithPose(hypothesis=ObjectHypothesis(class_id=class_name, score=score)))
+        self._outputs["detections"].publish(msg)
+
     def _diagnose(self, stat: DiagnosticStatusWrapper) -> DiagnosticStatusWrapper:
         """The diagnostic_updater task: the controller's health while active, the lifecycle state otherwise."""
         controller = self._controller
@@ -270,7 +336,8 @@ class FPSegNode(LifecycleNode):
         return stat
 
     def _check_worker(self) -> None:
-        """Watchdog: if the inference thread died, say why and shut down so that main() exits non-zero."""
+        """Watchdog: if the inference thread died, say why and end the spin so that main() exits non-zero
+        (by raising: shutting the context down from inside a callback deadlocks Humble's executor)."""
         cause = self._controller.death_cause if self._controller is not None else None
         if cause is None:
             return
@@ -279,7 +346,7 @@ class FPSegNode(LifecycleNode):
         details = "".join(traceback.format_exception(type(cause), cause, cause.__traceback__)).rstrip()
         self.get_logger().fatal(f"the inference thread died ({cause!r}); no frame can be segmented any more, "
                                 f"exiting with status 1 so that respawn / systemd restarts the node:\n{details}")
-        rclpy.try_shutdown(context=self.context)
+        raise NodeFailedError(f"the inference thread died: {cause!r}")
 
     # ------------------------------------------------------------- outputs (called on the worker thread)
     def _publish(self, result: FrameResult) -> None:

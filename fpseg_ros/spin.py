@@ -15,6 +15,16 @@ from fpseg_core.runtime.shutdown import DeferredSignals
 N = TypeVar("N", bound=Node)
 
 
+class NodeFailedError(Exception):
+    """Raised from a callback to end `rclpy.spin` when the node cannot go on (its inference thread died).
+
+    The context must not be shut down from inside a callback: on Humble the global executor's shutdown then
+    waits for the running callback, which is itself (ros2/rclpy#944, #1646). Raising ends the spin instead
+    (the single-threaded executor re-raises callback exceptions) and `run_node` shuts down from the main
+    thread.
+    """
+
+
 def run_node(
     args: list[str] | None,
     create: Callable[[], N],
@@ -28,7 +38,9 @@ def run_node(
     A `startup_errors` exception is logged FATAL in one line ("cannot start: ...") and gives exit code 1; Ctrl-C
     during start-up gives 0. Under `ros2 launch` Ctrl-C arrives twice (terminal and launch); the second SIGINT
     (or a SIGTERM) must not raise in the main thread while the node finishes its work (the frame in progress,
-    the final report), so during shutdown signals are only recorded.
+    the final report), so during shutdown signals are only recorded (DeferredSignals replaces rclpy's C-level
+    handler for good, so it is entered only once spinning is over). A callback raising `NodeFailedError` ends the
+    spin the same way; `exit_code(node)` then says 1.
     """
     rclpy.init(args=args)
     try:
@@ -42,7 +54,7 @@ def run_node(
         return 1
     try:
         rclpy.spin(node)
-    except (KeyboardInterrupt, ExternalShutdownException):
+    except (KeyboardInterrupt, ExternalShutdownException, NodeFailedError):
         pass
     finally:
         with DeferredSignals(redeliver=False):

@@ -12,10 +12,13 @@ a lifecycle manager (or `ros2 lifecycle set`). `image` is remapped onto the node
 e.g. with status 1 after its inference thread died.
 """
 
+from typing import List  # noqa: UP035 (launch's type table holds typing.List)
+
 from launch import LaunchDescription
 from launch.actions import DeclareLaunchArgument, OpaqueFunction
 from launch.substitutions import LaunchConfiguration, PathJoinSubstitution
 from launch_ros.actions import LifecycleNode
+from launch_ros.parameter_descriptions import ParameterValue
 from launch_ros.substitutions import FindPackageShare
 
 from fpseg_core.class_names import parse_class_list
@@ -28,9 +31,11 @@ def _fpseg_node(context, *_args, **_kwargs):
     def arg(name: str) -> str:
         return LaunchConfiguration(name).perform(context)
 
-    overrides = {name: arg(name) for name in OVERRIDES if arg(name)}
+    # launch_ros reads plain strings in a parameter dict as YAML (a path '2024' would become an int, a class
+    # 'on' a bool): give each its type.
+    overrides = {name: ParameterValue(arg(name), value_type=str) for name in OVERRIDES if arg(name)}
     if arg("classes"):
-        overrides["classes"] = parse_class_list(arg("classes"))
+        overrides["classes"] = ParameterValue(parse_class_list(arg("classes")), value_type=List[str])  # noqa: UP006 (launch's type table holds typing.List)
     if arg("autostart"):
         overrides["autostart"] = arg("autostart") == "true"
     parameters = [arg("params_file")] if arg("params_file") else []

@@ -123,8 +123,8 @@ def test_choose_backend_rules(export_dir: Path, tmp_path: Path) -> None:
     if "CUDAExecutionProvider" not in onnxruntime.get_available_providers():
         with pytest.raises(ExportError, match="this onnxruntime has no CUDA provider"):
             choose_backend("auto", gpu, export_dir)  # never a quiet fallback to torch
-    with pytest.raises(ValueError, match="backend must be one of auto, torch, onnxruntime, tensorrt"):
-        choose_backend("openvino", cpu, None)
+    with pytest.raises(ValueError, match="backend must be one of auto, torch, onnxruntime, tensorrt, openvino"):
+        choose_backend("onnx", cpu, None)
 
 
 def test_backends_other_than_torch_need_an_engine_dir() -> None:

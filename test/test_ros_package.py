@@ -17,6 +17,7 @@ import yaml
 from fpseg_core.cityscapes_labels import BANK33
 from fpseg_core.runtime.controller import FrameStats, PromptUpdate, SegmentationController
 from fpseg_core.runtime.parameters import PARAMETERS, RUNTIME_PARAMETERS
+from fpseg_core.runtime.regions import RegionQueries, RegionReply
 from fpseg_core.weights import REGISTRY
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -33,6 +34,7 @@ PIP_ONLY = {
     "safetensors": "prompt banks; no rosdep key: pip install safetensors",
     "onnx": "the ONNX export; no rosdep key: pip install '.[onnx]'",
     "onnxruntime": "the ONNX backend; only a pip rosdep key, and useless without onnx: pip install '.[onnx]'",
+    "openvino": "the OpenVINO backend (not run by colcon); pip install '.[openvino]'",
     "rosbags": "the bag replay tools (not run by colcon); pip install '.[bag]'",
     "mcap": "checks of written bags (not run by colcon); pip install '.[bag]'",
     "cityscapesscripts": "the reference Cityscapes evaluation (not run by colcon); pip install '.[test]'",
@@ -43,6 +45,7 @@ LOCAL_MODULES = {path.stem for path in (ROOT / "test").glob("*.py")} | {"fpseg_c
 ROS_TEST_MODULES = {"rclpy", "launch", "launch_ros", "launch_testing"}
 MSG_TYPES = {"uint64": "int", "uint32": "int", "float32": "float", "float64": "float", "string": "str",
              "string[]": "list[str]"}
+INTERFACE_FILES = ("msg/*.msg", "srv/*.srv")
 
 
 def _python_files(*patterns: str) -> list[Path]:
@@ -163,14 +166,43 @@ def test_load_prompts_service_matches_the_controller() -> None:
     assert [name for _, name in response] == [f.name for f in dataclasses.fields(PromptUpdate)]
 
 
+def test_classify_regions_service_matches_the_region_queries() -> None:
+    fields = _msg_fields(ROOT / "srv/ClassifyRegions.srv")
+    split = fields.index(("---", "---"))
+    request, response = fields[:split], fields[split + 1:]
+    assert request == [("geometry_msgs/Polygon[]", "polygons"), ("builtin_interfaces/Time", "stamp"),
+                       ("uint32", "points_per_region")]
+    # The node passes the request's fields to RegionQueries.answer (the stamp in nanoseconds).
+    parameters = list(inspect.signature(RegionQueries.answer).parameters)[1:]
+    assert sorted(parameters) == sorted("stamp_ns" if name == "stamp" else name for _, name in request)
+    assert [name for _, name in response] == [
+        "stamp" if f.name == "stamp_ns" else f.name for f in dataclasses.fields(RegionReply)]
+    assert dict((name, kind) for kind, name in response) == {
+        "success": "bool", "message": "string", "class_names": "string[]", "confidences": "float32[]",
+        "stamp": "builtin_interfaces/Time"}
+
+
 def _cmake() -> str:
     return re.sub(r"#.*", "", (ROOT / "CMakeLists.txt").read_text())
+
+
+def test_interface_dependencies_are_declared(package) -> None:
+    """Each package whose types msg/ and srv/ use is in rosidl's DEPENDENCIES and a <depend> of package.xml."""
+    used = {field_type.split("/")[0] for pattern in INTERFACE_FILES for path in ROOT.glob(pattern)
+            for field_type, _ in _msg_fields(path) if "/" in field_type}
+    assert {"std_msgs", "builtin_interfaces", "geometry_msgs"} <= used
+    listed = re.search(r"DEPENDENCIES([^)]*)\)", _cmake()).group(1).split()
+    depends = {d.name for d in package.build_depends} & {d.name for d in package.exec_depends}
+    for name in used:
+        assert name in listed, f"add {name} to rosidl_generate_interfaces DEPENDENCIES"
+        assert name in depends, f"add <depend>{name}</depend> to package.xml"
+        assert re.search(rf"find_package\({name} REQUIRED\)", _cmake()), name
 
 
 def test_cmake_generates_every_interface_and_installs_the_python_code() -> None:
     cmake = _cmake()
     generated = re.search(r"rosidl_generate_interfaces\(\$\{PROJECT_NAME\}(.*?)DEPENDENCIES", cmake, re.S).group(1)
-    interfaces = sorted(p.relative_to(ROOT).as_posix() for p in [*ROOT.glob("msg/*.msg"), *ROOT.glob("srv/*.srv")])
+    interfaces = sorted(p.relative_to(ROOT).as_posix() for pattern in INTERFACE_FILES for p in ROOT.glob(pattern))
     assert sorted(re.findall(r'"([^"]+)"', generated)) == interfaces
     # rosidl already registers a Python package named fpseg_ros: installing it again fails at configure time.
     assert not re.search(r"ament_python_install_package\((\$\{PROJECT_NAME\}|fpseg_ros)\b", cmake)
@@ -195,10 +227,14 @@ def test_installed_programs_and_registered_tests_exist() -> None:
 
 
 def test_config_sets_every_parameter_with_a_valid_value() -> None:
-    config = yaml.safe_load((ROOT / "config/fpseg.yaml").read_text())
-    values = config["/**"]["ros__parameters"]
-    assert list(values) == [spec.name for spec in PARAMETERS]
-    for spec in PARAMETERS:
+    """In table order; a parameter unset by default (None) may instead be shown commented out, with an example."""
+    text = (ROOT / "config/fpseg.yaml").read_text()
+    values = yaml.safe_load(text)["/**"]["ros__parameters"]
+    commented = [spec.name for spec in PARAMETERS if spec.default is None and spec.name not in values]
+    for name in commented:
+        assert re.search(rf"^ +# {name}: \[.+\]$", text, re.M), f"config/fpseg.yaml: show {name} commented out"
+    assert list(values) == [spec.name for spec in PARAMETERS if spec.name not in commented]
+    for spec in (spec for spec in PARAMETERS if spec.name in values):
         value = values[spec.name]
         expected_type = type(spec.default) if spec.default is not None else list
         assert type(value) is expected_type, spec.name
@@ -220,7 +256,7 @@ def test_parameter_descriptions_say_when_a_change_applies() -> None:
             assert "next frame" in spec.description or "next diagnostics update" in spec.description, spec.name
     assert set(RUNTIME_PARAMETERS) == {"classes", "fusion", "score_threshold", "publish_color", "publish_confidence",
                                        "latency_budget_ms", "expected_input_hz", "latency_warn_ms", "stats_window"}
-    assert [spec.name for spec in PARAMETERS if spec.dynamic_typing] == ["classes"]
+    assert [spec.name for spec in PARAMETERS if spec.dynamic_typing] == ["region_class_names", "classes"]
 
 
 def test_launch_file_declares_the_documented_arguments() -> None:

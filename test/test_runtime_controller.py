@@ -580,7 +580,7 @@ def test_load_pipeline_expands_home_and_reads_the_prompt_bank(
     ({"checkpoint": ""}, FPSegError, "parameter 'checkpoint' is empty"),
     ({"checkpoint": "/nonexistent/model.pth"}, FPSegError, "does not exist"),
     ({"backend": "onnxruntime"}, ValueError, "needs engine_dir"),
-    ({"backend": "openvino"}, ValueError, "backend must be one of"),
+    ({"backend": "tflite"}, ValueError, "backend must be one of"),
     ({"input_mode": "crop"}, ValueError, "input_mode must be one of"),
 ])
 def test_load_pipeline_refuses_bad_settings(tiny_checkpoint: Path, options: dict, error: type,

@@ -22,6 +22,7 @@ from fpseg_core.data.precompute import PrecomputeConfig
 from fpseg_core.data.sampling import draw_pairs, positive_probabilities, resize_mask
 from fpseg_core.evaluation.config import EvalConfig
 from fpseg_core.jobs.options import add_config_arguments, resolve_config
+from fpseg_core.regions.config import RegionEvalConfig, RegionTrainConfig
 from fpseg_core.training.bookkeeping import epoch_batches
 from fpseg_core.training.config import DistillConfig, TrainConfig
 
@@ -166,7 +167,9 @@ def test_embedding_store_refuses_other_encoders_and_names_missing_images(tmp_pat
 
 
 @pytest.mark.parametrize(("name", "config_cls"), [("precompute", PrecomputeConfig), ("train", TrainConfig),
-                                                  ("distill", DistillConfig), ("eval", EvalConfig)])
+                                                  ("distill", DistillConfig), ("eval", EvalConfig),
+                                                  ("train_regions", RegionTrainConfig),
+                                                  ("eval_regions", RegionEvalConfig)])
 def test_yaml_files_document_every_key_with_its_default(name: str, config_cls: type) -> None:
     text = (CONFIG_DIR / f"{name}.yaml").read_text()
     data = yaml.safe_load(text)

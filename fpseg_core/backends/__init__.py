@@ -1,4 +1,4 @@
-"""Inference backends: where FPSeg's encoder and decoder run (PyTorch, ONNX Runtime, TensorRT).
+"""Inference backends: where FPSeg's encoder and decoder run (PyTorch, ONNX Runtime, TensorRT, OpenVINO).
 
 A backend does three things, on tensors that live on the pipeline's device:
 
@@ -12,12 +12,15 @@ built, graphs or engines made from another model (see `fpseg_core.artifacts`). `
 runs PyTorch; with one it picks TensorRT where the folder holds engines TensorRT can run here (a GPU, a
 supported TensorRT, the version and GPU architecture they were built for), else ONNX Runtime on the export
 beside them (saying at INFO why not TensorRT), and an `engine_dir` it cannot use is an error, never a quiet
-fallback to PyTorch. Both the device and the backend chosen are logged at INFO with the reason.
+fallback to PyTorch. OpenVINO (CPU only, fp32 / bf16 / int8) runs only when asked for, except on a folder
+written by `fpseg quantize`, which only OpenVINO runs: `auto` picks it there and the other backends refuse it.
+Both the device and the backend chosen are logged at INFO with the reason.
 """
 
 from __future__ import annotations
 
 import importlib.util
+import json
 import logging
 from pathlib import Path
 from typing import Protocol
@@ -27,6 +30,7 @@ import torch
 from ..artifacts import ENGINE_SIDECAR, SIDECAR, ExportError, ModelIdentity, has_engines, has_onnx_export
 from ..constants import BACKENDS, DEVICE_FORMS, DEVICE_PATTERN
 from ..errors import FPSegError
+from ..export.quantize import QUANTIZED_DTYPES, is_quantized
 from ..modeling.fpseg import FPSegModel
 from .cpu_memory import keep_freed_memory
 
@@ -93,6 +97,12 @@ def choose_backend(requested: str, device: torch.device, engine_dir: str | Path 
     if not folder.is_dir():
         raise ExportError(f"engine_dir {folder} does not exist; pass the folder written by `fpseg export-onnx` "
                           "(or `fpseg build-engine`), or no engine_dir to run torch")
+    if quantized_folder(folder):
+        if not _importable("openvino"):
+            raise ExportError(f"backend auto cannot use engine_dir {folder}: it holds an `fpseg quantize` folder, "
+                              "which only OpenVINO runs, and openvino is not installed; pip install "
+                              "'fpseg_ros[openvino]'")
+        return "openvino", f"`fpseg quantize` folder {folder}, which only OpenVINO runs, at dtype int8"
     refused, engine_refusal = [], None
     if has_engines(folder):
         from .tensorrt_backend import tensorrt_refusal
@@ -131,9 +141,10 @@ def create_backend(
 ) -> Backend:
     """The backend `name` ('auto' resolved by `choose_backend`) for `model` on `device`.
 
-    ONNX Runtime and TensorRT run the graphs in `engine_dir` and refuse ones made from another model, for
-    another image size or for another `input_mode` than this pipeline's; `dtype` (fp32, fp16, bf16)
-    applies to the torch backend.
+    ONNX Runtime, TensorRT and OpenVINO run the graphs in `engine_dir` and refuse ones made from another
+    model, for another image size or for another `input_mode` than this pipeline's; `dtype` (fp32, fp16,
+    bf16) applies to the torch backend, and fp32, bf16 or int8 (an `fpseg quantize` folder) to OpenVINO.
+    A folder written by `fpseg quantize` is refused by every backend but OpenVINO.
     """
     chosen, reason = choose_backend(name, device, engine_dir)
     if device.type == "cpu":
@@ -146,10 +157,22 @@ def create_backend(
         from .torch_backend import TorchBackend
 
         return TorchBackend(model, device, dtype)
-    if dtype != "fp32":
-        raise ValueError(f"dtype {dtype!r} applies to the torch backend; for {chosen} it is fixed at export / "
-                         "engine build time (build-engine --fp16)")
     identity = ModelIdentity.of(model, input_mode)
+    if chosen == "openvino":
+        from .openvino_backend import OpenVinoBackend
+
+        if name == "auto" and dtype != "fp32" and dtype not in QUANTIZED_DTYPES:
+            raise ValueError(f"backend auto picked openvino for the `fpseg quantize` folder {engine_dir}, which "
+                             f"runs at dtype int8, not {dtype!r}; pass dtype int8")
+        return OpenVinoBackend(Path(engine_dir), device, identity,
+                               dtype=QUANTIZED_DTYPES[0] if name == "auto" else dtype)
+    if quantized_folder(Path(engine_dir)):
+        raise ExportError(f"{engine_dir} holds an `fpseg quantize` folder (OpenVINO IR, int8), which backend "
+                          f"{chosen} cannot run; use backend auto (or openvino with dtype int8), or pass the "
+                          "fp32 `fpseg export-onnx` folder it was made from")
+    if dtype != "fp32":
+        raise ValueError(f"dtype {dtype!r} applies to the torch and openvino backends; for {chosen} it is fixed at "
+                         "export / engine build time (build-engine --fp16)")
     if chosen == "onnxruntime":
         from .onnxruntime_backend import OnnxRuntimeBackend
 
@@ -157,6 +180,16 @@ def create_backend(
     from .tensorrt_backend import TensorRTBackend
 
     return TensorRTBackend(Path(engine_dir), device, identity)
+
+
+def quantized_folder(folder: Path) -> bool:
+    """Whether `folder`'s export manifest was written by `fpseg quantize` (unreadable manifests are the
+    backend's `read_sidecar` to report, so they count as not quantized here)."""
+    try:
+        manifest = json.loads((folder / SIDECAR).read_text())
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError):
+        return False
+    return isinstance(manifest, dict) and is_quantized(manifest)
 
 
 def _importable(module: str) -> bool:

@@ -41,8 +41,9 @@ def add_backend_arguments(group: argparse._ActionsContainer) -> None:
     """--backend / --engine-dir / --dtype: where the network runs (see fpseg_core.backends)."""
     group.add_argument("--backend", choices=BACKENDS, default="auto",
                        help="auto: tensorrt if --engine-dir has engines and a GPU is usable, else onnxruntime "
-                            "if it has an ONNX export; torch without --engine-dir (a missing or mismatched "
-                            "--engine-dir is an error)")
+                            "if it has an ONNX export (openvino at int8 if it is an `fpseg quantize` folder); "
+                            "torch without --engine-dir (a missing or mismatched --engine-dir is an error); "
+                            "openvino: CPU, --dtype fp32 or bf16 on an export")
     group.add_argument("--engine-dir", type=Path,
                        help="folder written by `fpseg export-onnx` (and `fpseg build-engine`)")
     group.add_argument("--dtype", choices=DTYPE_NAMES, default="fp32", help="torch backend precision")

@@ -10,7 +10,8 @@ from ..errors import FPSegError
 
 # Subcommand modules in fpseg_core/cli/, in the order `fpseg --help` lists them.
 COMMAND_MODULES = ("weights", "doctor", "segment", "info", "prompts", "bag_from_cityscapes", "eval_bag", "precompute",
-                   "train", "distill", "eval", "eval_labels", "export_onnx", "build_engine", "benchmark")
+                   "train", "distill", "eval", "eval_labels", "train_regions", "eval_regions", "export_onnx",
+                   "build_engine", "quantize", "benchmark")
 # What to do about an OSError on a path the user gave, by kind (the first match wins).
 OS_ERROR_HINTS: dict[type[OSError], str] = {
     FileNotFoundError: "check the path",

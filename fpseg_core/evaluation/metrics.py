@@ -241,7 +241,7 @@ def _markdown(result: dict[str, Any], title: str) -> str:
     return "\n".join(lines)
 
 
-def _confusion_png(confusion: dict[str, Any], path: Path, title: str) -> Path | None:
+def confusion_png(confusion: dict[str, Any], path: Path, title: str) -> Path | None:
     try:
         import matplotlib
 
@@ -283,7 +283,7 @@ def write_report(result: dict[str, Any], out_dir: Path, title: str) -> list[Path
     md_path = atomic_write_text(out_dir / RESULTS_MD, _markdown(result, title))
     written = [json_path, md_path]
     if "confusion" in result:
-        png = _confusion_png(result["confusion"], out_dir / CONFUSION_PNG, title)
+        png = confusion_png(result["confusion"], out_dir / CONFUSION_PNG, title)
         if png is not None:
             written.append(png)
     return written

@@ -8,7 +8,7 @@ from torch import nn
 
 
 class PositionEmbeddingRandom(nn.Module):
-    """SAM's random Fourier-feature positional encoding.
+    """SAM's random Fourier-feature positional encoding, of the embedding grid and of point prompts.
 
     forward((H, W)) -> [2 * num_pos_feats, H, W]; the 2 x num_pos_feats Gaussian matrix is a buffer that
     official checkpoints carry (`pe_layer.positional_encoding_gaussian_matrix`).
@@ -24,6 +24,12 @@ class PositionEmbeddingRandom(nn.Module):
         coords = coords @ self.positional_encoding_gaussian_matrix
         coords = 2 * np.pi * coords
         return torch.cat([torch.sin(coords), torch.cos(coords)], dim=-1)
+
+    def forward_with_coords(self, coords: torch.Tensor, image_size: tuple[int, int]) -> torch.Tensor:
+        """Points [..., 2] as (x, y) pixels of an image of `image_size` (H, W) -> [..., 2 * num_pos_feats]."""
+        dtype = self.positional_encoding_gaussian_matrix.dtype
+        scale = torch.tensor([image_size[1], image_size[0]], device=coords.device, dtype=dtype)
+        return self._pe_encoding(coords.to(dtype) / scale)
 
     def forward(self, size: tuple[int, int]) -> torch.Tensor:
         h, w = size

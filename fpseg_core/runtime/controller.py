@@ -24,6 +24,7 @@ from fpseg_core.errors import FPSegError, PromptBankError
 from fpseg_core.predictor import FPSeg
 from fpseg_core.preprocess import to_rgb
 from fpseg_core.prompt_bank import PromptBank
+from fpseg_core.regions import RegionClassifier
 from fpseg_core.visualize import blend, colorize, palette
 from fpseg_core.weights import resolve_checkpoint
 
@@ -32,6 +33,7 @@ from .health import Health, HealthLimits, HealthMonitor, HealthSnapshot
 from .image_codec import DecodedImage, MalformedImageError, decode_compressed, decode_image, stamp_ns
 from .latest_frame_worker import LatestFrameWorker
 from .parameters import PARAMETER_BY_NAME, RUNTIME_PARAMETERS
+from .regions import DEFAULT_CACHE_FRAMES, DEFAULT_POINTS, RegionQueries
 from .stats import RollingStats
 
 OVERLAY_ALPHA = 0.5
@@ -182,6 +184,10 @@ class SegmentationController:
     Life cycle: `start` runs the inference thread, `stop` ends it (the model stays loaded), and `start` may
     be called again; the node's lifecycle transitions map onto these. `health` summarises the counters for
     /diagnostics; `latency_budget_ms` keeps each frame to the prefix of the active classes that fits.
+
+    With a `region_classifier`, each segmented frame's image embedding is kept (the last
+    `region_cache_frames`, by header stamp) and `regions` answers region queries on them without another
+    encoder pass; without one, no embedding is kept.
     """
 
     def __init__(
@@ -200,6 +206,9 @@ class SegmentationController:
         expected_input_hz: float = 0.0,
         latency_warn_ms: float = 0.0,
         monotonic: Callable[[], float] = time.monotonic,
+        region_classifier: RegionClassifier | None = None,
+        region_points: int = DEFAULT_POINTS,
+        region_cache_frames: int = DEFAULT_CACHE_FRAMES,
     ) -> None:
         if not 1 <= max_classes <= MAX_CLASSES:
             raise ValueError(f"max_classes must be in [1, {MAX_CLASSES}], got {max_classes}")
@@ -226,6 +235,8 @@ class SegmentationController:
         self._last_input_s: float | None = None
         self._started_s = monotonic()
         self._worker: LatestFrameWorker | None = None
+        self._regions = (RegionQueries(region_classifier, region_cache_frames, region_points)
+                         if region_classifier is not None else None)
         self.update({
             "classes": list(fpseg.classes) if classes is None else classes,
             "fusion": fusion,
@@ -264,6 +275,16 @@ class SegmentationController:
     @property
     def max_classes(self) -> int:
         return self._max_classes
+
+    @property
+    def regions(self) -> RegionQueries | None:
+        """Region queries on the cached frames; None without a region classifier."""
+        return self._regions
+
+    @property
+    def encoder_passes(self) -> int:
+        """Images the pipeline has encoded (one per segmented frame; region queries add none)."""
+        return self._fpseg.encoder_passes
 
     def label_map(self) -> dict[int, str]:
         """Label value -> class name for the whole bank, with 0 = 'none'."""
@@ -444,8 +465,10 @@ class SegmentationController:
             result = self._fpseg.segment(
                 image.pixels, plan.kept, fusion=options.fusion,
                 threshold=probability_to_logit(options.score_threshold), color_order=image.color_order,
-                confidence=options.publish_confidence,
+                confidence=options.publish_confidence, keep_embedding=self._regions is not None,
             )
+        if self._regions is not None:  # before the outputs go out: a client that saw them may ask at once
+            self._regions.remember(stamp_ns(header), result.embedding, result.geometry)
         self._planner.observe(result.timings_ms, len(plan.kept))
         self._skipped = plan.skipped
         overlay = None
@@ -575,4 +598,9 @@ class SegmentationController:
             active_classes=active,
             bank_fingerprint=fingerprint or self._fpseg.fingerprint,
         )
-        return self._health.assess(snapshot, limits, self._monotonic())
+        health = self._health.assess(snapshot, limits, self._monotonic())
+        values = [("encoder passes", str(self.encoder_passes))]
+        if self._regions is not None:
+            values += [("region classes", ", ".join(self._regions.class_names)),
+                       ("region frames cached", str(len(self._regions.cached_stamps)))]
+        return evolve(health, values=[*health.values, *values])

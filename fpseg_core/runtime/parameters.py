@@ -61,8 +61,10 @@ PARAMETERS: tuple[ParameterSpec, ...] = (
     ParameterSpec(
         "backend", "auto",
         "Inference backend. auto: tensorrt where engine_dir holds engines and a GPU is usable, else "
-        "onnxruntime where it holds an ONNX export; torch only when engine_dir is empty. An engine_dir that "
-        "is missing or does not match the model is an error, never a silent fallback. " + RESTART,
+        "onnxruntime where it holds an ONNX export, openvino (int8) where it holds an `fpseg quantize` folder; "
+        "torch only when engine_dir is empty. openvino (CPU: fp32, bf16, int8) runs an export when asked for. "
+        "An engine_dir that is missing or does not match the model is an error, never a silent fallback. "
+        + RESTART,
         read_only=True, choices=BACKENDS,
     ),
     ParameterSpec(
@@ -100,6 +102,33 @@ PARAMETERS: tuple[ParameterSpec, ...] = (
         "false: it waits unconfigured for a lifecycle manager (ros2 lifecycle set /fpseg configure, then "
         "activate). " + RESTART,
         read_only=True,
+    ),
+    ParameterSpec(
+        "region_checkpoint", "",
+        "RoofSAM class decoder (.pt, e.g. a published decoder_*.pt; '~' is expanded) that classifies regions "
+        "(~/classify_regions; detections in, ~/detections out) from the image embedding of the frames the node "
+        "segments, without a second encoder pass. Its prompt encoder comes from `checkpoint`, which must then be "
+        "an official SAM / MobileSAM file holding the prompt_encoder.* point weights (an FPSeg checkpoint has "
+        "none: give the official file with `prompts`). Empty: region classification off. " + RESTART,
+        read_only=True,
+    ),
+    ParameterSpec(
+        "region_class_names", None,
+        "Class names of the region_checkpoint decoder, in its output order, e.g. [flat, gabled, hipped]; "
+        "default (unset): the names stored beside the decoder file. " + RESTART,
+        read_only=True, dynamic_typing=True,  # unset by default (an empty list has no type in ROS parameters)
+    ),
+    ParameterSpec(
+        "region_points", 4,
+        "Points sampled inside each region; the region's class is their majority vote. A ~/classify_regions "
+        "request may ask for another count. " + RESTART,
+        read_only=True, integer_range=(1, 64),
+    ),
+    ParameterSpec(
+        "region_cache_frames", 4,
+        "With region_checkpoint: how many of the latest segmented frames keep their image embedding (about "
+        "4 MiB each, on the model's device) for region queries by stamp. " + RESTART,
+        read_only=True, integer_range=(1, 100),
     ),
     ParameterSpec(
         "classes", None,

@@ -28,6 +28,10 @@ DEFERRED_SIGNALS = (signal.SIGINT, signal.SIGTERM)
 class DeferredSignals:
     """A context manager deferring `signals` (default SIGINT, SIGTERM) while its block runs.
 
+    Use it only once an rclpy node has stopped spinning: rclpy handles SIGINT in C (it shuts the context down and
+    wakes the executor), Python's `signal.getsignal` cannot see that handler, and restoring the previous Python
+    handler leaves rclpy's removed, so Ctrl-C would no longer stop a spin.
+
     Python runs signal handlers in the main thread only, and only the main thread may install them: in any
     other thread the guard does nothing (such a thread is never interrupted by a signal anyway). Signals the
     process ignores (SIG_IGN, e.g. SIGINT in a background job) stay ignored. Not reentrant; nested guards
