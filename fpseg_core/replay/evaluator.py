@@ -59,10 +59,10 @@ class LatencyStats:
 
 
 def _mono8(msg: Any) -> np.ndarray:
-    image = decode_image(msg)
-    if msg.encoding != "mono8":
-        raise MalformedImageError(f"encoding must be mono8, got {msg.encoding}")
-    return image.pixels
+    encoding = getattr(msg, "encoding", None)
+    if encoding != "mono8":  # checked first: no colour conversion for an image that is refused anyway
+        raise MalformedImageError(f"encoding must be mono8, got {encoding!r}")
+    return decode_image(msg).pixels
 
 
 class StreamEvaluator:

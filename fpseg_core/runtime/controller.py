@@ -11,7 +11,8 @@ import math
 import threading
 import time
 from collections.abc import Callable, Mapping, Sequence
-from dataclasses import asdict, dataclass, field
+from dataclasses import dataclass, field
+from dataclasses import fields as dataclass_fields
 from dataclasses import replace as evolve
 from pathlib import Path
 from typing import Any
@@ -70,7 +71,8 @@ class FrameStats:
     failed_frames: int
 
     def fields(self) -> dict[str, Any]:
-        return asdict(self)
+        """The message fields by name (shallow: runs once per frame)."""
+        return {f.name: getattr(self, f.name) for f in dataclass_fields(self)}
 
 
 @dataclass(frozen=True)
@@ -468,7 +470,8 @@ class SegmentationController:
                 confidence=options.publish_confidence, keep_embedding=self._regions is not None,
             )
         if self._regions is not None:  # before the outputs go out: a client that saw them may ask at once
-            self._regions.remember(stamp_ns(header), result.embedding, result.geometry)
+            # keyed by the frame's stamp (by its arrival time when unstamped: 0 means "latest" to a query)
+            self._regions.remember(start_ns, result.embedding, result.geometry)
         self._planner.observe(result.timings_ms, len(plan.kept))
         self._skipped = plan.skipped
         overlay = None
@@ -477,7 +480,7 @@ class SegmentationController:
                             OVERLAY_ALPHA)
         latency_ms = (self._clock_ns() - start_ns) / 1e6
         self._frames += 1
-        window = self._stats.add(latency_ms, time.monotonic())
+        window = self._stats.add(latency_ms, self._monotonic())
         timings = result.timings_ms
         stats = FrameStats(
             frame=self._frames,

@@ -17,6 +17,8 @@ MIN_RATE_SPAN_S = 2.0  # the input rate is compared with expected_input_hz once 
 RATE_TOLERANCE = 0.2  # input slower than (1 - RATE_TOLERANCE) * expected_input_hz is a warning
 STALL_PERIODS = 5.0  # no image for this many expected periods (at least MIN_STALL_S) = input stalled
 MIN_STALL_S = 1.0
+# Bound on the samples kept (one per diagnostics update, normally 1 Hz): the window is also cut by time.
+MAX_SAMPLES = 1000
 
 
 class Level(IntEnum):
@@ -92,7 +94,7 @@ class HealthMonitor:
 
     def __init__(self, rate_window_s: float = RATE_WINDOW_S) -> None:
         self._window_s = rate_window_s
-        self._samples: deque[_Sample] = deque()
+        self._samples: deque[_Sample] = deque(maxlen=MAX_SAMPLES)
 
     def reset(self) -> None:
         """Forget the history (the inference thread was restarted)."""

@@ -220,5 +220,7 @@ def fill_image(msg: Any, pixels: np.ndarray, encoding: str) -> Any:
     msg.encoding = encoding
     msg.is_bigendian = 0
     msg.step = msg.width * channels
-    msg.data = array.array("B", np.ascontiguousarray(pixels).tobytes())
+    data = array.array("B")
+    data.frombytes(np.ascontiguousarray(pixels))  # one copy into the message's buffer
+    msg.data = data
     return msg
