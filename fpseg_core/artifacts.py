@@ -159,9 +159,24 @@ def _read_json(path: Path, expected_format: str, fix: str) -> dict[str, Any]:
     return manifest
 
 
+def _check_file_entries(files: object, path: Path, fix: str) -> None:
+    """The manifest's `files` lists at least the encoder and the decoder, each a plain file name in the folder
+    with an integer size and a sha256: a manifest that lists less would let unchecked files through."""
+    def valid(entry: object) -> bool:
+        return (isinstance(entry, dict) and isinstance(entry.get("name"), str)
+                and Path(entry["name"]).name == entry["name"] not in ("", ".", "..")
+                and isinstance(entry.get("bytes"), int) and isinstance(entry.get("sha256"), str))
+
+    if not isinstance(files, dict) or not {"encoder", "decoder"} <= files.keys() or not all(
+            valid(entry) for entry in files.values()):
+        raise ExportError(f"{path} is malformed: 'files' must list the encoder and the decoder, each with a file "
+                          f"name in the folder, its size and sha256; found {files!r:.200}; write it again: {fix}")
+
+
 def _check_files(manifest: Mapping[str, Any], folder: Path) -> None:
     """Each file the manifest lists exists with the recorded size and sha256 (the cheap size check first)."""
     noun, sidecar = ("engine" if _is_engines(manifest) else "graph"), _manifest_name(manifest)
+    _check_file_entries(manifest.get("files"), folder / sidecar, _command(manifest, folder))
     for role, entry in manifest["files"].items():
         path = folder / entry["name"]
         if not path.is_file():

@@ -129,6 +129,17 @@ def _old_format(folder: Path, m: Models) -> None:
     (folder / "fpseg_onnx.json").write_text(json.dumps({**sidecar, "format": "fpseg-onnx-export/1"}))
 
 
+def _list_no_files(folder: Path, m: Models) -> None:
+    sidecar = json.loads((folder / "fpseg_onnx.json").read_text())
+    (folder / "fpseg_onnx.json").write_text(json.dumps({**sidecar, "files": {}}))
+
+
+def _list_a_file_outside(folder: Path, m: Models) -> None:
+    sidecar = json.loads((folder / "fpseg_onnx.json").read_text())
+    sidecar["files"]["encoder"]["name"] = "../encoder.onnx"
+    (folder / "fpseg_onnx.json").write_text(json.dumps(sidecar))
+
+
 def _remove_sidecar(folder: Path, m: Models) -> None:
     (folder / "fpseg_onnx.json").unlink()
 
@@ -185,6 +196,11 @@ BAD_EXPORTS = {
         "reference", _truncate_decoder_graph,
         lambda m: f"it has {(m.export / 'decoder.onnx').stat().st_size // 2} bytes, fpseg_onnx.json records "
                   f"{(m.export / 'decoder.onnx').stat().st_size} bytes"),
+    "sidecar listing no files": BadExport(
+        "reference", _list_no_files, lambda m: "fpseg_onnx.json is malformed: 'files' must list the encoder and "
+                                               "the decoder"),
+    "sidecar naming a file outside the folder": BadExport(
+        "reference", _list_a_file_outside, lambda m: "fpseg_onnx.json is malformed"),
     "sidecar of an older format": BadExport(
         "reference", _old_format,
         lambda m: "has format 'fpseg-onnx-export/1', this fpseg reads 'fpseg-onnx-export/3'"),
