@@ -5,11 +5,13 @@ from __future__ import annotations
 import argparse
 import sys
 import warnings
+from collections.abc import Callable
 from pathlib import Path
 
 from ..constants import BACKENDS, DEVICE_FORMS, DTYPE_NAMES, FUSIONS, INPUT_MODES
 from ..files import OutputExistsError
-from ..jobs.options import device_type
+from ..jobs.distributed import is_main_process, shutdown_distributed
+from ..jobs.options import device_type, resolve_config
 from ..modeling.build import ENCODERS, tiny_config
 from ..predictor import FPSeg
 from ..weights import REGISTRY, resolve_checkpoint
@@ -82,3 +84,18 @@ def check_output_folder(path: Path, flag: str = "--out") -> Path:
     if path.exists() and not path.is_dir():
         raise OutputExistsError(f"{flag} {path} is a file, but a folder is expected there; choose another {flag}")
     return path
+
+
+def run_training_command(args: argparse.Namespace, config_cls: type, job: Callable[..., Path],
+                         result_file: str) -> int:
+    """The body of `fpseg train`, `distill` and `train-regions`: resolve the configuration, refuse an --out that
+    is a file, run `job(config, overwrite=...)` (under torchrun too), and print the main output's path once."""
+    config = resolve_config(config_cls, args)
+    check_output_folder(Path(config.out))
+    try:
+        out = job(config, overwrite=args.overwrite)
+    finally:
+        shutdown_distributed()
+    if is_main_process():
+        print(out / result_file)
+    return 0

@@ -3,14 +3,12 @@
 from __future__ import annotations
 
 import argparse
-from pathlib import Path
 
-from ..jobs.distributed import is_main_process, shutdown_distributed
-from ..jobs.options import add_config_arguments, resolve_config
+from ..jobs.options import add_config_arguments
 from ..training.bookkeeping import CHECKPOINT_FILE
 from ..training.config import DistillConfig
 from ..training.distill import distill
-from .common import RUN_OVERWRITE_HELP, add_overwrite_argument, check_output_folder
+from .common import RUN_OVERWRITE_HELP, add_overwrite_argument, run_training_command
 
 
 def register(subparsers: argparse._SubParsersAction) -> None:
@@ -28,12 +26,4 @@ def register(subparsers: argparse._SubParsersAction) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    config = resolve_config(DistillConfig, args)
-    check_output_folder(Path(config.out))
-    try:
-        out = distill(config, overwrite=args.overwrite)
-    finally:
-        shutdown_distributed()
-    if is_main_process():
-        print(out / CHECKPOINT_FILE)
-    return 0
+    return run_training_command(args, DistillConfig, distill, CHECKPOINT_FILE)

@@ -3,13 +3,11 @@
 from __future__ import annotations
 
 import argparse
-from pathlib import Path
 
-from ..jobs.distributed import is_main_process, shutdown_distributed
-from ..jobs.options import add_config_arguments, resolve_config
+from ..jobs.options import add_config_arguments
 from ..regions.config import RegionTrainConfig
 from ..regions.training import DECODER_FILE, train_regions
-from .common import RUN_OVERWRITE_HELP, add_overwrite_argument, check_output_folder
+from .common import RUN_OVERWRITE_HELP, add_overwrite_argument, run_training_command
 
 
 def register(subparsers: argparse._SubParsersAction) -> None:
@@ -30,12 +28,4 @@ def register(subparsers: argparse._SubParsersAction) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    config = resolve_config(RegionTrainConfig, args)
-    check_output_folder(Path(config.out))
-    try:
-        out = train_regions(config, overwrite=args.overwrite)
-    finally:
-        shutdown_distributed()
-    if is_main_process():
-        print(out / DECODER_FILE)
-    return 0
+    return run_training_command(args, RegionTrainConfig, train_regions, DECODER_FILE)
