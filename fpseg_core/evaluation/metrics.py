@@ -271,8 +271,9 @@ def confusion_png(confusion: dict[str, Any], path: Path, title: str) -> Path | N
     return path
 
 
-def write_report(result: dict[str, Any], out_dir: Path, title: str) -> list[Path]:
-    """Write <out_dir>/results.json, results.md (Markdown tables) and confusion.png; returns the paths.
+def write_report(result: dict[str, Any], out_dir: Path, title: str, extra_markdown: Sequence[str] = ()) -> list[Path]:
+    """Write <out_dir>/results.json, results.md (Markdown tables, then the `extra_markdown` lines) and
+    confusion.png; returns the paths.
 
     `result` is a `CityscapesConfusion.result()` dict, optionally with a "binary_iou" entry
     (`BinaryIoU.result`), or just {"binary_iou": ...}. confusion.png needs matplotlib and a "confusion" entry.
@@ -280,7 +281,8 @@ def write_report(result: dict[str, Any], out_dir: Path, title: str) -> list[Path
     out_dir = Path(out_dir)
     json_path = atomic_write_text(out_dir / RESULTS_JSON,
                                   json.dumps({"title": title, **result}, indent=2, allow_nan=False) + "\n")
-    md_path = atomic_write_text(out_dir / RESULTS_MD, _markdown(result, title))
+    markdown = _markdown(result, title) + ("\n".join(extra_markdown) + "\n" if extra_markdown else "")
+    md_path = atomic_write_text(out_dir / RESULTS_MD, markdown)
     written = [json_path, md_path]
     if "confusion" in result:
         png = confusion_png(result["confusion"], out_dir / CONFUSION_PNG, title)

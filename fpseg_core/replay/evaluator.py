@@ -16,7 +16,6 @@ from typing import Any
 
 import numpy as np
 
-from fpseg_core.files import atomic_write_text
 from fpseg_core.runtime.image_codec import MalformedImageError, decode_image, stamp_ns
 
 from ..evaluation.metrics import CityscapesConfusion, bank_labels_to_label_ids, write_report
@@ -187,9 +186,7 @@ class StreamEvaluator:
 
 def write_stream_report(result: dict[str, Any], out_dir: str | Path, title: str) -> list[Path]:
     """`write_report` of eval-labels (results.json / .md / confusion.png), with whether the report is partial,
-    frame counts and latency tables added to results.md (replaced atomically, like every report file)."""
-    paths = write_report(result, Path(out_dir), title)
-    markdown = next(p for p in paths if p.suffix == ".md")
+    frame counts and latency tables added to results.md (each file written once, atomically)."""
     if result.get("partial"):
         status = "**Partial report**: written while frames were still arriving; the final one replaces it."
     else:
@@ -208,8 +205,7 @@ def write_stream_report(result: dict[str, Any], out_dir: str | Path, title: str)
         lines += [f"| {stage} | {s['count']} | {s['mean']:.2f} | "
                   + " | ".join(f"{s[f'p{q}']:.2f}" for q in PERCENTILES) + f" | {s['max']:.2f} |"
                   for stage, s in latency.items()]
-    atomic_write_text(markdown, markdown.read_text(encoding="utf-8") + "\n".join(lines) + "\n")
-    return paths
+    return write_report(result, Path(out_dir), title, lines)
 
 
 def report_summary(result: dict[str, Any], paths: Sequence[Path]) -> str:
