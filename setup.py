@@ -36,6 +36,8 @@ setup(
         "openvino": ["openvino>=2026.4", "nncf>=3.4"],
         "bag": ["rosbags>=0.10", "mcap>=1.1"],
         "plot": ["matplotlib>=3.7"],
+        # fpseg_graph_benchmark / soak: CPU and memory of the node processes
+        "benchmark": ["psutil>=5.9", "matplotlib>=3.7"],
         "test": [
             "pytest>=7.4",
             "hypothesis>=6.80",
@@ -49,6 +51,7 @@ setup(
             "rosbags>=0.10",
             "mcap>=1.1",
             "matplotlib>=3.7",
+            "psutil>=5.9",
             "cityscapesScripts>=2.2",
             # Test oracles: the official SAM and MobileSAM code. timm 0.6.13 (needed by mobile_sam) is
             # installed by .ci/run with --no-deps because its metadata pulls torchvision.

@@ -12,7 +12,7 @@ import numpy as np
 import torch
 from PIL import Image as PILImage
 
-from .backends import create_backend, resolve_device
+from .backends import Backend, create_backend, resolve_device
 from .checkpoint import load_checkpoint
 from .constants import FUSIONS, INPUT_MODES, MAX_CLASSES, Fusion, InputMode, require_choice
 from .errors import PromptBankError
@@ -33,7 +33,8 @@ class Segmentation:
     per-stage wall times in milliseconds (keys: preprocess, encoder, decoder, postprocess, total) and, when
     asked for, the confidence image (H x W uint8, round(255 * probability of the winning class), 0 = none) and
     the encoder's image embedding ([1, 256, h, w] on the model's device) with the Geometry of the image in the
-    encoder input, for more queries on the same encoder pass (e.g. region classification)."""
+    encoder input, for more queries on the same encoder pass (e.g. region classification). `batch_size`: the
+    images encoded in the same pass (`FPSeg.segment_batch`; 1 for `segment`)."""
 
     labels: np.ndarray
     classes: list[str]
@@ -41,6 +42,7 @@ class Segmentation:
     confidence: np.ndarray | None = None
     embedding: torch.Tensor | None = None
     geometry: Geometry | None = None
+    batch_size: int = 1
 
 
 class _StageTimer:
@@ -49,12 +51,20 @@ class _StageTimer:
         self.timings_ms: dict[str, float] = {}
         self._last = time.perf_counter()
 
-    def lap(self, stage: str) -> None:
+    def _now(self) -> float:
         if self.device.type == "cuda":
             torch.cuda.synchronize(self.device)
-        now = time.perf_counter()
+        return time.perf_counter()
+
+    def lap(self, stage: str) -> None:
+        """Record the time since the last lap (or restart) as `stage`."""
+        now = self._now()
         self.timings_ms[stage] = (now - self._last) * 1e3
         self._last = now
+
+    def restart(self) -> None:
+        """Start the next lap now (after work that belongs to another timer)."""
+        self._last = time.perf_counter()
 
     def finish(self) -> dict[str, float]:
         self.timings_ms["total"] = sum(self.timings_ms[s] for s in STAGES if s in self.timings_ms)
@@ -226,8 +236,32 @@ class FPSeg:
         """Label image and per-stage timings for one image (see `predict`); with `confidence`, also the
         winning class's probability per pixel, from the same low-resolution pass (`Segmentation.confidence`);
         with `keep_embedding`, also the encoder's embedding and the image's Geometry (no extra work)."""
-        return self._segment(image, classes, fusion, threshold, color_order, baseline=False, confidence=confidence,
-                             keep_embedding=keep_embedding)
+        (result,) = self._segment([image], [color_order], classes, fusion, threshold, baseline=False,
+                                  confidence=confidence, keep_embedding=keep_embedding)
+        return result
+
+    def segment_batch(
+        self,
+        images: Sequence[np.ndarray],
+        color_orders: Sequence[ColorOrder],
+        classes: Sequence[str] | None = None,
+        fusion: Fusion | None = None,
+        threshold: float | None = None,
+        confidence: bool = False,
+        keep_embedding: bool = False,
+    ) -> list[Segmentation]:
+        """`segment` for several images (of any sizes) with the same classes, e.g. one frame of each camera.
+
+        The images are encoded in one pass where the backend encodes batches (`batch_encoding`: the torch
+        backend), one after the other otherwise (exported graphs and engines take one image); decoding and
+        post-processing are per image. Each result's `timings_ms` has its own preprocess, decoder and
+        postprocess times and the encoder time of the whole pass (what the frame waited for); `batch_size` is
+        the number of images encoded together. Labels equal `segment`'s for each image."""
+        if len(images) != len(color_orders) or not images:
+            raise ValueError(f"segment_batch needs one colour order per image and at least one image, got "
+                             f"{len(images)} image(s) and {len(color_orders)} colour order(s)")
+        return self._segment(images, color_orders, classes, fusion, threshold, baseline=False,
+                             confidence=confidence, keep_embedding=keep_embedding)
 
     def segment_baseline(
         self,
@@ -240,44 +274,62 @@ class FPSeg:
         """`segment` computed the straightforward, published way, in PyTorch whatever the backend: encoder,
         the plain decoder (`FPSegModel.decode`), all N logit maps upsampled to full resolution, then
         thresholded and fused. The reference for equality tests and `fpseg benchmark`."""
-        return self._segment(image, classes, fusion, threshold, color_order, baseline=True)
+        (result,) = self._segment([image], [color_order], classes, fusion, threshold, baseline=True)
+        return result
 
     @torch.inference_mode()
     def _segment(
         self,
-        image: np.ndarray,
+        images: Sequence[np.ndarray],
+        color_orders: Sequence[ColorOrder],
         classes: Sequence[str] | None,
         fusion: Fusion | None,
         threshold: float | None,
-        color_order: ColorOrder,
         baseline: bool,
         confidence: bool = False,
         keep_embedding: bool = False,
-    ) -> Segmentation:
+    ) -> list[Segmentation]:
         ids = self.resolve_classes(classes)
         fusion, threshold = self._fusion_options(fusion, threshold)
         network = self.model if baseline else self.backend
-        timer = _StageTimer(self.device)
-        x, geometry = self._prepare(image, color_order)
-        timer.lap("preprocess")
-        embedding = network.encode(x)
-        self.encoder_passes += 1
-        timer.lap("encoder")
-        low_res = network.decode(embedding, self._prompts[ids])
-        timer.lap("decoder")
-        scores = None
-        if baseline:
-            labels = fuse(postprocess_logits(low_res, geometry)[0], ids, fusion, threshold)
-        elif confidence:
-            labels, scores = self._labeler.with_confidence(low_res[0].to(self.device), geometry, ids, fusion,
-                                                           threshold)
-        else:
-            labels = self._labeler(low_res[0].to(self.device), geometry, ids, fusion, threshold)
-        labels_np = labels.cpu().numpy()
-        scores_np = scores.cpu().numpy() if scores is not None else None
-        timer.lap("postprocess")
-        kept = (embedding, geometry) if keep_embedding else (None, None)
-        return Segmentation(labels_np, [self.bank.names[i] for i in ids], timer.finish(), scores_np, *kept)
+        timers, prepared = [], []
+        for image, color_order in zip(images, color_orders, strict=True):
+            timers.append(_StageTimer(self.device))
+            prepared.append(self._prepare(image, color_order))
+            timers[-1].lap("preprocess")
+        encoder_timer = _StageTimer(self.device)
+        embeddings = self._encode(network, [x for x, _ in prepared], batched=not baseline)
+        encoder_timer.lap("encoder")
+        results = []
+        for timer, (_, geometry), embedding in zip(timers, prepared, embeddings, strict=True):
+            timer.timings_ms["encoder"] = encoder_timer.timings_ms["encoder"]
+            timer.restart()
+            low_res = network.decode(embedding, self._prompts[ids])
+            timer.lap("decoder")
+            scores = None
+            if baseline:
+                labels = fuse(postprocess_logits(low_res, geometry)[0], ids, fusion, threshold)
+            elif confidence:
+                labels, scores = self._labeler.with_confidence(low_res[0].to(self.device), geometry, ids, fusion,
+                                                               threshold)
+            else:
+                labels = self._labeler(low_res[0].to(self.device), geometry, ids, fusion, threshold)
+            labels_np = labels.cpu().numpy()
+            scores_np = scores.cpu().numpy() if scores is not None else None
+            timer.lap("postprocess")
+            kept = (embedding, geometry) if keep_embedding else (None, None)
+            results.append(Segmentation(labels_np, [self.bank.names[i] for i in ids], timer.finish(), scores_np,
+                                        *kept, batch_size=len(images)))
+        return results
+
+    def _encode(self, network: Backend | FPSegModel, inputs: list[torch.Tensor], batched: bool
+                ) -> list[torch.Tensor]:
+        """Each input's embedding [1, 256, h, w]: one pass over the stacked inputs where the backend encodes
+        batches, one pass per input otherwise; `encoder_passes` counts images."""
+        self.encoder_passes += len(inputs)
+        if batched and len(inputs) > 1 and network.batch_encoding:
+            return list(network.encode(torch.cat(inputs)).split(1))
+        return [network.encode(x) for x in inputs]
 
     def _fusion_options(self, fusion: Fusion | None, threshold: float | None) -> tuple[Fusion, float]:
         fusion = fusion or self.fusion

@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import sys
 import traceback
+from functools import partial
 from typing import Any
 
 from diagnostic_msgs.msg import DiagnosticStatus
@@ -43,7 +44,13 @@ from fpseg_core.runtime.controller import (
 )
 from fpseg_core.runtime.health import Level, lifecycle_health
 from fpseg_core.runtime.image_codec import fill_image, stamp_ns
-from fpseg_core.runtime.parameters import PARAMETER_BY_NAME, PARAMETERS, RUNTIME_PARAMETERS, ParameterSpec
+from fpseg_core.runtime.parameters import (
+    PARAMETER_BY_NAME,
+    PARAMETERS,
+    RUNTIME_PARAMETERS,
+    ParameterSpec,
+    camera_names,
+)
 from fpseg_core.runtime.regions import NS_PER_S, RegionReply, load_region_classifier
 from fpseg_ros.msg import SegmentationStats
 from fpseg_ros.parameters import descriptor
@@ -80,17 +87,27 @@ def qos(kind: str) -> QoSProfile:
     return QoSProfile(history=HistoryPolicy.KEEP_LAST, **QOS_DEFAULTS[kind])
 
 
+IMAGE_OUTPUTS = ("labels", "color", "confidence", "stats")  # per camera
+
+
+def _topic(camera: str, name: str) -> str:
+    """A per-camera topic: `name` for the single camera (''), `camera`/`name` with `cameras`."""
+    return f"{camera}/{name}" if camera else name
+
+
 class FPSegNode(LifecycleNode):
     """Subscribes to `image` (or `image/compressed`) while active; publishes ~/labels, ~/color, ~/confidence,
-    ~/stats, ~/label_info and /diagnostics; serves ~/load_prompts and ~/classify_regions. With region_checkpoint,
+    ~/stats, ~/label_info and /diagnostics; serves ~/load_prompts and ~/classify_regions. With `cameras`, the
+    same per camera: <camera>/image in, ~/<camera>/labels etc. out (one ~/label_info). With region_checkpoint,
     also subscribes to `detections` and publishes ~/detections. See README, "Running on a robot"."""
 
     def __init__(self, **node_kwargs: Any) -> None:
         super().__init__(NODE_NAME, **node_kwargs)
         for spec in PARAMETERS:
             self._declare(spec)
+        self._cameras = camera_names(self.get_parameter("cameras").value) or ("",)
         self._controller: SegmentationController | None = None
-        self._outputs: dict[str, Publisher] = {}
+        self._outputs: dict[tuple[str, str], Publisher] = {}  # (camera, output) -> publisher
         self._subscriptions: list[Subscription] = []
         self._state = "unconfigured"
         self._configure_failure = ""
@@ -149,9 +166,9 @@ class FPSegNode(LifecycleNode):
         self._controller.start(self._publish, self._report, self._on_publish_error)
         compressed = self.get_parameter("compressed_input").value
         self._subscriptions = [self.create_subscription(
-            CompressedImage if compressed else Image, "image/compressed" if compressed else "image",
-            self._controller.submit, qos("input"), qos_overriding_options=QOS_OVERRIDES,
-        )]
+            CompressedImage if compressed else Image, _topic(camera, "image/compressed" if compressed else "image"),
+            partial(self._controller.submit, camera=camera), qos("input"), qos_overriding_options=QOS_OVERRIDES,
+        ) for camera in self._cameras]
         if self._controller.regions is not None:
             self._subscriptions.append(self.create_subscription(
                 Detection2DArray, "detections", self._on_detections, qos("detections"),
@@ -193,14 +210,15 @@ class FPSegNode(LifecycleNode):
     def _create_outputs(self) -> None:
         """The output publishers, each with its own QoS profile and the standard overrides; kept in `_outputs`
         as they are made, so that `_release` also destroys those made before a failure."""
-        topics = {"labels": (Image, "image_output"), "color": (Image, "image_output"),
-                  "confidence": (Image, "image_output"), "stats": (SegmentationStats, "stats"),
-                  "label_info": (LabelInfo, "label_info")}
+        kinds = {"labels": (Image, "image_output"), "color": (Image, "image_output"),
+                 "confidence": (Image, "image_output"), "stats": (SegmentationStats, "stats")}
+        topics = {(camera, name): kinds[name] for camera in self._cameras for name in IMAGE_OUTPUTS}
+        topics["", "label_info"] = (LabelInfo, "label_info")
         if self._controller.regions is not None:
-            topics["detections"] = (Detection2DArray, "detections")
-        for name, (msg_type, kind) in topics.items():
-            self._outputs[name] = self.create_publisher(msg_type, f"~/{name}", qos(kind),
-                                                        qos_overriding_options=QOS_OVERRIDES)
+            topics["", "detections"] = (Detection2DArray, "detections")
+        for (camera, name), (msg_type, kind) in topics.items():
+            self._outputs[camera, name] = self.create_publisher(msg_type, f"~/{_topic(camera, name)}", qos(kind),
+                                                                qos_overriding_options=QOS_OVERRIDES)
 
     def _create_controller(self) -> SegmentationController:
         values = {spec.name: self.get_parameter(spec.name).value for spec in PARAMETERS}
@@ -227,6 +245,7 @@ class FPSegNode(LifecycleNode):
             region_classifier=regions,
             region_points=values["region_points"],
             region_cache_frames=values["region_cache_frames"],
+            cameras=[camera for camera in self._cameras if camera],
         )
 
     def _stop(self) -> None:
@@ -321,7 +340,7 @@ class FPSegNode(LifecycleNode):
         for detection, (class_name, score) in zip(msg.detections, labels, strict=True):
             detection.results.append(
                 ObjectHypothesisWithPose(hypothesis=ObjectHypothesis(class_id=class_name, score=score)))
-        self._outputs["detections"].publish(msg)
+        self._outputs["", "detections"].publish(msg)
 
     def _diagnose(self, stat: DiagnosticStatusWrapper) -> DiagnosticStatusWrapper:
         """The diagnostic_updater task: the controller's health while active, the lifecycle state otherwise."""
@@ -350,12 +369,14 @@ class FPSegNode(LifecycleNode):
 
     # ------------------------------------------------------------- outputs (called on the worker thread)
     def _publish(self, result: FrameResult) -> None:
-        self._outputs["labels"].publish(fill_image(Image(header=result.header), result.labels, "mono8"))
+        camera = result.camera
+        self._outputs[camera, "labels"].publish(fill_image(Image(header=result.header), result.labels, "mono8"))
         if result.overlay is not None:
-            self._outputs["color"].publish(fill_image(Image(header=result.header), result.overlay, "rgb8"))
+            self._outputs[camera, "color"].publish(fill_image(Image(header=result.header), result.overlay, "rgb8"))
         if result.confidence is not None:
-            self._outputs["confidence"].publish(fill_image(Image(header=result.header), result.confidence, "mono8"))
-        self._outputs["stats"].publish(SegmentationStats(header=result.header, **result.stats.fields()))
+            self._outputs[camera, "confidence"].publish(
+                fill_image(Image(header=result.header), result.confidence, "mono8"))
+        self._outputs[camera, "stats"].publish(SegmentationStats(header=result.header, **result.stats.fields()))
 
     def _report(self, rejection: Rejection) -> None:
         if rejection.malformed:
@@ -380,7 +401,7 @@ class FPSegNode(LifecycleNode):
         msg.class_map = [VisionClass(class_id=value, class_name=name)
                          for value, name in self._controller.label_map().items()]
         msg.threshold = float(self._controller.score_threshold)
-        self._outputs["label_info"].publish(msg)
+        self._outputs["", "label_info"].publish(msg)
 
     def destroy_node(self) -> None:
         """Stop the inference thread (after the frame in progress), free the model, destroy the ROS entities."""

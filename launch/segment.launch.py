@@ -4,7 +4,7 @@
         checkpoint:=$HOME/fpseg/fpseg_mobilesam_cityscapes.pth classes:=road,person
 
 Parameters come from `params_file` (default: this package's config/fpseg.yaml); the backend, checkpoint,
-prompts, classes and autostart arguments override it when they are not empty. The node is a lifecycle node:
+prompts, classes, cameras and autostart arguments override it when they are not empty. The node is a lifecycle node:
 with autostart (the default) it configures and activates itself; `autostart:=false` leaves it unconfigured for
 a lifecycle manager (or `ros2 lifecycle set`). `image` is remapped onto the node's
 `image` input, and `<image>/compressed` onto `image/compressed` (used with compressed_input: true).
@@ -34,8 +34,9 @@ def _fpseg_node(context, *_args, **_kwargs):
     # launch_ros reads plain strings in a parameter dict as YAML (a path '2024' would become an int, a class
     # 'on' a bool): give each its type.
     overrides = {name: ParameterValue(arg(name), value_type=str) for name in OVERRIDES if arg(name)}
-    if arg("classes"):
-        overrides["classes"] = ParameterValue(parse_class_list(arg("classes")), value_type=List[str])  # noqa: UP006 (launch's type table holds typing.List)
+    for name in ("classes", "cameras"):
+        if arg(name):
+            overrides[name] = ParameterValue(parse_class_list(arg(name)), value_type=List[str])  # noqa: UP006 (launch's type table holds typing.List)
     if arg("autostart"):
         overrides["autostart"] = arg("autostart") == "true"
     parameters = [arg("params_file")] if arg("params_file") else []
@@ -74,6 +75,10 @@ def generate_launch_description() -> LaunchDescription:
                               description="prompt bank .safetensors (empty: from params_file)"),
         DeclareLaunchArgument("classes", default_value="",
                               description="active classes, e.g. road,person (empty: from params_file)"),
+        DeclareLaunchArgument("cameras", default_value="",
+                              description="several cameras in one node, e.g. front,rear: <camera>/image in (in the "
+                                          "node's namespace; `image` is then not used), ~/<camera>/labels etc. out "
+                                          "(empty: from params_file, default one camera)"),
         DeclareLaunchArgument("namespace", default_value="", description="namespace of the node"),
         DeclareLaunchArgument("autostart", default_value="", choices=["", "true", "false"],
                               description="configure and activate at start (empty: from params_file, default true); "

@@ -26,6 +26,7 @@ LAYERS = {
     "artifacts": 2, "image_io": 2,
     "backends": 3, "predictor": 3, "export": 3,
     "data": 4, "training": 4, "evaluation": 4, "replay": 4, "runtime": 4, "regions": 4,
+    "graph_benchmark": 4,
     "cli": 5,
 }
 MODELING_MAY_IMPORT = {"modeling", "errors"}

@@ -189,3 +189,34 @@ def test_segment_cli_reports_unknown_class(tiny_checkpoint, tmp_path, capsys) ->
     assert code == 2
     assert "unknown class(es) 'tree'" in capsys.readouterr().err
     assert TINY_CLASSES == ["road", "car", "person", "sky"]
+
+
+def test_segment_batch_equals_segment_per_image_in_one_encoder_pass(tiny_model) -> None:
+    rng = np.random.default_rng(3)
+    images = [rng.integers(0, 256, shape, dtype=np.uint8) for shape in ((40, 60, 3), (64, 32, 3), (30, 30, 3))]
+    orders = ["rgb", "bgr", "rgb"]
+    singles = [tiny_model.segment(image, ["sky", "car"], color_order=order, confidence=True)
+               for image, order in zip(images, orders, strict=True)]
+    encoded: list[int] = []
+    encode = tiny_model.backend.encode
+    tiny_model.backend.encode = lambda x: encoded.append(x.shape[0]) or encode(x)
+    passes = tiny_model.encoder_passes
+    batch = tiny_model.segment_batch(images, orders, ["sky", "car"], confidence=True)
+    assert encoded == [3] and tiny_model.encoder_passes == passes + 3  # one pass, three images counted
+    for single, result in zip(singles, batch, strict=True):
+        np.testing.assert_array_equal(result.labels, single.labels)
+        assert np.abs(result.confidence.astype(int) - single.confidence.astype(int)).max() <= 1
+        assert result.batch_size == 3 and single.batch_size == 1
+        assert result.timings_ms["encoder"] == batch[0].timings_ms["encoder"]
+    with pytest.raises(ValueError, match="one colour order per image"):
+        tiny_model.segment_batch(images, orders[:2])
+
+
+def test_backends_without_batches_encode_one_image_at_a_time(tiny_model) -> None:
+    encoded: list[int] = []
+    encode = tiny_model.backend.encode
+    tiny_model.backend.encode = lambda x: encoded.append(x.shape[0]) or encode(x)
+    tiny_model.backend.batch_encoding = False  # as the ONNX Runtime, OpenVINO and TensorRT backends
+    images = [np.zeros((20, 20, 3), np.uint8), np.ones((20, 20, 3), np.uint8)]
+    assert [r.batch_size for r in tiny_model.segment_batch(images, ["rgb", "rgb"])] == [2, 2]
+    assert encoded == [1, 1]

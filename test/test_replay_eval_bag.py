@@ -120,7 +120,8 @@ def write_recorded_bag(path: Path, frames: list[tuple[int, np.ndarray, np.ndarra
             receive = stamp + 50_000_000  # the node's output arrives 50 ms after the camera frame
             writer.write(labels_conn, receive, messages.serialize(messages.image_message(labels, stamp, "camera")))
             stats = types[STATS_TYPE](
-                header=messages.header(stamp, "camera"), frame=i + 1, classes=["road", "car"], skipped_classes=[],
+                header=messages.header(stamp, "camera"), camera="", frame=i + 1, batch_size=1, classes=["road", "car"],
+                skipped_classes=[],
                 backend="torch", preprocess_ms=1.0, encoder_ms=20.0 + i, decoder_ms=5.0, postprocess_ms=2.0,
                 inference_ms=28.0 + i, budget_ms=0.0,
                 latency_ms=50.0, window=i + 1, latency_mean_ms=50.0, latency_p50_ms=50.0, latency_p95_ms=50.0,

@@ -25,7 +25,7 @@ ROOT = Path(__file__).resolve().parents[1]
 ROSDEP_KEYS = {
     "numpy": "python3-numpy", "PIL": "python3-pil", "yaml": "python3-yaml", "tqdm": "python3-tqdm",
     "matplotlib": "python3-matplotlib", "pytest": "python3-pytest", "hypothesis": "python3-hypothesis",
-    "catkin_pkg": "python3-catkin-pkg",
+    "catkin_pkg": "python3-catkin-pkg", "psutil": "python3-psutil",
 }
 # Modules installed with pip (no rosdep key, or one the project does not use), and why: what needs them and how
 # to get them. A test that needs one skips without it, so none may be skipped on at module level (see below).
@@ -256,7 +256,7 @@ def test_parameter_descriptions_say_when_a_change_applies() -> None:
             assert "next frame" in spec.description or "next diagnostics update" in spec.description, spec.name
     assert set(RUNTIME_PARAMETERS) == {"classes", "fusion", "score_threshold", "publish_color", "publish_confidence",
                                        "latency_budget_ms", "expected_input_hz", "latency_warn_ms", "stats_window"}
-    assert [spec.name for spec in PARAMETERS if spec.dynamic_typing] == ["region_class_names", "classes"]
+    assert [spec.name for spec in PARAMETERS if spec.dynamic_typing] == ["cameras", "region_class_names", "classes"]
 
 
 def test_launch_file_declares_the_documented_arguments() -> None:
@@ -265,7 +265,7 @@ def test_launch_file_declares_the_documented_arguments() -> None:
         node.args[0].value for node in ast.walk(tree)
         if isinstance(node, ast.Call) and getattr(node.func, "id", "") == "DeclareLaunchArgument"
     }
-    assert declared == {"image", "params_file", "backend", "checkpoint", "prompts", "classes", "namespace",
+    assert declared == {"image", "params_file", "backend", "checkpoint", "prompts", "classes", "cameras", "namespace",
                         "respawn", "autostart"}
 
 

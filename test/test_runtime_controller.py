@@ -365,7 +365,7 @@ def test_inference_failure_is_counted_and_the_node_goes_on(
     controller: SegmentationController, tiny_model: FPSeg, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     with monkeypatch.context() as patch:
-        patch.setattr(tiny_model, "segment", lambda *a, **k: (_ for _ in ()).throw(RuntimeError("device lost")))
+        patch.setattr(tiny_model, "segment_batch", lambda *a, **k: (_ for _ in ()).throw(RuntimeError("device lost")))
         outcome = controller.handle(image_message(random_pixels(4, 4, 3), "rgb8"))
     assert isinstance(outcome, Rejection) and not outcome.malformed
     assert "RuntimeError: device lost" in outcome.reason
@@ -389,10 +389,10 @@ class GatedFPSeg(FPSeg):
         self.started = threading.Semaphore(0)
         self.release = threading.Semaphore(0)
 
-    def segment(self, *args, **kwargs):
+    def segment_batch(self, *args, **kwargs):
         self.started.release()
         assert self.release.acquire(timeout=WAIT_S)
-        return super().segment(*args, **kwargs)
+        return super().segment_batch(*args, **kwargs)
 
 
 def test_worker_drops_stale_frames_under_overload(tiny_model: FPSeg) -> None:
@@ -414,6 +414,76 @@ def test_worker_drops_stale_frames_under_overload(tiny_model: FPSeg) -> None:
         assert controller.stop(WAIT_S)
     assert [r.header.stamp.sec for r in results] == [1, 20]
     assert results[-1].stats.dropped_frames == 18
+
+
+def test_two_cameras_waiting_are_encoded_as_one_batch_with_drops_counted_per_camera(tiny_model: FPSeg) -> None:
+    model = GatedFPSeg(tiny_model.model, tiny_model.bank)
+    controller = SegmentationController(model, cameras=["front", "rear"])
+    results: list[FrameResult] = []
+    controller.start(results.append, lambda rejection: pytest.fail(rejection.reason))
+    try:
+        controller.submit(image_message(random_pixels(8, 8, 3), "rgb8", sec=1), "front")
+        assert model.started.acquire(timeout=WAIT_S)  # front 1 is being segmented
+        for sec in range(2, 6):  # front 2..5 (2..4 dropped) and rear 10, 11 (10 dropped) arrive meanwhile
+            controller.submit(image_message(random_pixels(8, 8, 3), "rgb8", sec=sec), "front")
+        controller.submit(image_message(random_pixels(12, 10, 3), "rgb8", sec=10), "rear")
+        controller.submit(image_message(random_pixels(12, 10, 3), "rgb8", sec=11), "rear")
+        assert controller.dropped_by_camera == {"front": 3, "rear": 1}
+        model.release.release()
+        assert model.started.acquire(timeout=WAIT_S)
+        model.release.release()
+        _wait_until(lambda: len(results) == 3)
+    finally:
+        model.release.release()
+        assert controller.stop(WAIT_S)
+    # rear is served first in the batch: front was served last
+    assert [(r.camera, r.header.stamp.sec, r.stats.batch_size) for r in results] == [
+        ("front", 1, 1), ("rear", 11, 2), ("front", 5, 2)]
+    assert [r.labels.shape for r in results] == [(8, 8), (12, 10), (8, 8)]
+    # counts at the time of each report: front's 3 drops happened while front 1 was being segmented
+    assert [(r.stats.camera, r.stats.frame, r.stats.dropped_frames) for r in results] == [
+        ("front", 1, 3), ("rear", 1, 1), ("front", 2, 3)]
+    assert controller.dropped_frames == 4 and controller.segmented_frames == 3
+    assert "camera rear" in dict(controller.health().values)
+
+
+def test_a_silent_camera_does_not_stall_the_other_and_bad_frames_count_per_camera(tiny_model: FPSeg) -> None:
+    controller = SegmentationController(tiny_model, cameras=["front", "rear"])
+    results: list[FrameResult] = []
+    rejections: list[Rejection] = []
+    controller.start(results.append, rejections.append)
+    try:
+        controller.submit(image_message(random_pixels(8, 8, 3), "rgb8", sec=1), "rear")  # rear then goes silent
+        for sec in range(2, 8):
+            assert controller.submit(image_message(random_pixels(8, 8, 3), "rgb8", sec=sec), "front")
+            _wait_until(lambda n=sec: len(results) == n)
+        bad = image_message(random_pixels(8, 8, 3), "rgb8", sec=9)
+        bad.step = 1
+        controller.submit(bad, "rear")
+        _wait_until(lambda: len(rejections) == 1)
+    finally:
+        assert controller.stop(WAIT_S)
+    assert [r.header.stamp.sec for r in results if r.camera == "front"] == [2, 3, 4, 5, 6, 7]
+    assert [r.camera for r in results].count("rear") == 1
+    assert rejections[0].camera == "rear" and "of camera rear" in rejections[0].reason
+    assert (controller.rejected_frames, results[-1].stats.rejected_frames) == (1, 0)  # front's own count
+    with pytest.raises(KeyError, match="unknown camera 'left'"):
+        controller.handle(image_message(random_pixels(8, 8, 3), "rgb8"), "left")
+    with pytest.raises(ValueError, match="distinct non-empty"):
+        SegmentationController(tiny_model, cameras=["front", "front"])
+
+
+def test_one_bad_frame_in_a_batch_costs_that_frame_only(controller: SegmentationController, tiny_model: FPSeg
+                                                        ) -> None:
+    cameras = SegmentationController(tiny_model, score_threshold=LOW_THRESHOLD, cameras=["a", "b", "c"])
+    bad = image_message(random_pixels(8, 8, 3), "rgb8", sec=2)
+    bad.encoding = "no-such-encoding"
+    outcomes = cameras.handle_batch([("a", image_message(random_pixels(8, 8, 3), "rgb8", sec=1)), ("b", bad),
+                                     ("c", image_message(random_pixels(6, 9, 3), "rgb8", sec=3))])
+    assert [type(o).__name__ for o in outcomes] == ["FrameResult", "Rejection", "FrameResult"]
+    assert outcomes[1].malformed and outcomes[0].stats.batch_size == outcomes[2].stats.batch_size == 2
+    alone = controller.handle(image_message(random_pixels(6, 9, 3), "rgb8", sec=3))
+    np.testing.assert_array_equal(outcomes[2].labels, alone.labels)  # batching changes no label
 
 
 def _wait_until(condition, timeout: float = WAIT_S) -> None:

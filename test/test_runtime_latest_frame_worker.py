@@ -1,13 +1,15 @@
-"""Newest-frame hand-off: a producer faster than the consumer never queues, drops are counted, stop joins."""
+"""Newest-frame hand-off: a producer faster than the consumer never queues, drops are counted, stop joins;
+with several sources (cameras): newest item per source, round-robin, batches of the sources waiting."""
 
 from __future__ import annotations
 
 import threading
 import time
+from collections.abc import Callable
 
 import pytest
 
-from fpseg_core.runtime.latest_frame_worker import LatestFrameWorker
+from fpseg_core.runtime.latest_frame_worker import SINGLE_SOURCE, LatestFrameWorker, SourceSlots
 
 WAIT_S = 20.0  # generous upper bound for a thread to react; the tests never depend on it being short
 
@@ -18,6 +20,16 @@ def _wait_until(condition, timeout: float = WAIT_S) -> None:
         if time.monotonic() > deadline:
             raise AssertionError("condition not reached in time")
         time.sleep(0.001)
+
+
+def each(handler: Callable[[int], None]) -> Callable[[list[tuple[str, int]]], None]:
+    """A batch handler calling `handler` on each item; with one source every batch has exactly one."""
+
+    def run(batch: list[tuple[str, int]]) -> None:
+        assert len(batch) == 1 and batch[0][0] == SINGLE_SOURCE
+        handler(batch[0][1])
+
+    return run
 
 
 class GatedHandler:
@@ -36,7 +48,7 @@ class GatedHandler:
 
 def test_busy_consumer_gets_only_the_newest_frame_and_drops_are_counted() -> None:
     handler = GatedHandler()
-    worker = LatestFrameWorker(handler)
+    worker = LatestFrameWorker(each(handler))
     worker.start()
     try:
         assert worker.submit(1)
@@ -61,7 +73,7 @@ def test_fast_producer_slow_consumer_keeps_order_and_accounts_for_every_frame() 
         seen.append(item)
         time.sleep(0.005)
 
-    worker = LatestFrameWorker(slow)
+    worker = LatestFrameWorker(each(slow))
     worker.start()
     frames = 300
     for frame in range(frames):
@@ -83,7 +95,7 @@ def test_handler_exception_is_reported_and_the_worker_goes_on() -> None:
             raise RuntimeError("CUDA out of memory")
         done.set()
 
-    worker = LatestFrameWorker(handler, on_error=errors.append)
+    worker = LatestFrameWorker(each(handler), on_error=errors.append)
     worker.start()
     worker.submit(1)
     _wait_until(lambda: worker.processed == 1)
@@ -95,7 +107,7 @@ def test_handler_exception_is_reported_and_the_worker_goes_on() -> None:
 
 def test_stop_waits_for_the_frame_in_progress_and_leaves_no_thread() -> None:
     handler = GatedHandler()
-    worker = LatestFrameWorker(handler, name="fpseg-test-worker")
+    worker = LatestFrameWorker(each(handler), name="fpseg-test-worker")
     worker.start()
     worker.submit(1)
     assert handler.started.acquire(timeout=WAIT_S)
@@ -113,16 +125,16 @@ def test_stop_waits_for_the_frame_in_progress_and_leaves_no_thread() -> None:
 
 
 def test_stop_of_an_idle_or_unstarted_worker() -> None:
-    idle = LatestFrameWorker(lambda item: None)
+    idle = LatestFrameWorker(each(lambda item: None))
     idle.start()
     assert idle.stop(WAIT_S) and not idle.alive
-    assert LatestFrameWorker(lambda item: None).stop(0.1)
+    assert LatestFrameWorker(each(lambda item: None)).stop(0.1)
 
 
 @pytest.mark.parametrize("frames", [1, 5])
 def test_idle_consumer_processes_every_frame(frames: int) -> None:
     seen: list[int] = []
-    worker = LatestFrameWorker(seen.append)
+    worker = LatestFrameWorker(each(seen.append))
     worker.start()
     for frame in range(frames):
         worker.submit(frame)
@@ -144,7 +156,7 @@ def test_a_dying_thread_is_detected_and_refuses_frames(death: BaseException) -> 
         if item == 2:
             raise death
 
-    worker = LatestFrameWorker(handler, name="fpseg-dying-worker")
+    worker = LatestFrameWorker(each(handler), name="fpseg-dying-worker")
     worker.start()
     assert worker.submit(1)
     _wait_until(lambda: worker.processed == 1)
@@ -167,7 +179,7 @@ def test_a_failing_error_callback_does_not_end_the_thread() -> None:
     def on_error(exc: BaseException) -> None:
         raise OSError("the log is gone")
 
-    worker = LatestFrameWorker(handler, on_error=on_error)
+    worker = LatestFrameWorker(each(handler), on_error=on_error)
     worker.start()
     for frame in range(3):
         assert worker.submit(frame)
@@ -175,3 +187,95 @@ def test_a_failing_error_callback_does_not_end_the_thread() -> None:
     assert worker.alive and worker.death_cause is None and seen == [0, 1, 2]
     assert worker.stop(WAIT_S)
     assert not worker.alive and worker.death_cause is None  # stopped, not dead
+
+
+# ------------------------------------------------------------------------------ several sources (cameras)
+def test_slots_keep_the_newest_item_per_source_and_count_drops_per_source() -> None:
+    slots: SourceSlots[int] = SourceSlots(["front", "rear"])
+    for frame in range(5):
+        slots.put("front", frame)
+    slots.put("rear", 100)
+    assert slots.dropped == {"front": 4, "rear": 0}
+    assert slots.take(2) == [("front", 4), ("rear", 100)]
+    assert slots.waiting == 0 and slots.take(2) == []
+    with pytest.raises(KeyError, match=r"unknown source 'left'.*'front', 'rear'"):
+        slots.put("left", 1)
+
+
+def test_slots_take_round_robin_so_that_no_source_starves() -> None:
+    slots: SourceSlots[int] = SourceSlots(["a", "b", "c"])
+    served: list[str] = []
+    for step in range(30):  # every source has a frame waiting at every take; one item per take
+        for source in slots.sources:
+            slots.put(source, step)
+        served += [source for source, _ in slots.take(1)]
+    assert served == ["a", "b", "c"] * 10
+    # a source that only now has a frame is served next, before one that was served and has a frame again
+    slots.clear()
+    slots.put("a", 1)
+    assert slots.take(1) == [("a", 1)]
+    slots.put("a", 2)
+    slots.put("c", 3)
+    assert slots.take(1) == [("c", 3)]  # after "a" comes "b" (empty), then "c"
+    assert slots.take(1) == [("a", 2)]
+
+
+def test_slots_refuse_no_or_repeated_sources() -> None:
+    with pytest.raises(ValueError, match="at least one source"):
+        SourceSlots([])
+    with pytest.raises(ValueError, match="unique"):
+        SourceSlots(["front", "front"])
+
+
+def test_waiting_sources_are_handed_over_as_one_batch_and_a_silent_source_stalls_nothing() -> None:
+    batches: list[list[tuple[str, int]]] = []
+    started, release = threading.Semaphore(0), threading.Semaphore(0)
+
+    def handler(batch: list[tuple[str, int]]) -> None:
+        batches.append(batch)
+        started.release()
+        assert release.acquire(timeout=WAIT_S)
+
+    worker = LatestFrameWorker(handler, sources=("front", "rear", "left"), max_batch=3)
+    worker.start()
+    try:
+        assert worker.submit(1, "front")
+        assert started.acquire(timeout=WAIT_S)  # busy with [front 1]
+        worker.submit(2, "front")
+        worker.submit(3, "front")
+        worker.submit(10, "rear")  # "left" sends nothing
+        release.release()
+        assert started.acquire(timeout=WAIT_S)
+        assert batches == [[("front", 1)], [("rear", 10), ("front", 3)]]  # rear first: front was served last
+        assert worker.dropped_by_source == {"front": 1, "rear": 0, "left": 0}
+        for frame in range(3):  # front alone goes on at its own pace while rear and left are silent
+            release.release()
+            if frame:
+                assert started.acquire(timeout=WAIT_S)
+            worker.submit(20 + frame, "front")
+        release.release()
+        _wait_until(lambda: worker.processed == 6)
+        assert [b for b in batches[2:]] == [[("front", 20)], [("front", 21)], [("front", 22)]]
+    finally:
+        release.release()
+        assert worker.stop(WAIT_S)
+
+
+def test_max_batch_limits_the_batch_and_the_rest_waits_its_turn() -> None:
+    batches: list[list[str]] = []
+    gate = threading.Event()
+
+    def handler(batch: list[tuple[str, int]]) -> None:
+        assert gate.wait(WAIT_S)
+        batches.append([source for source, _ in batch])
+
+    worker = LatestFrameWorker(handler, sources=("a", "b", "c"), max_batch=2)
+    worker.start()
+    for source in "abc":
+        worker.submit(0, source)
+    gate.set()
+    _wait_until(lambda: worker.processed == 3)
+    assert worker.stop(WAIT_S)
+    assert sorted(source for batch in batches for source in batch) == ["a", "b", "c"] and max(map(len, batches)) <= 2
+    with pytest.raises(ValueError, match="max_batch"):
+        LatestFrameWorker(handler, max_batch=0)

@@ -119,13 +119,13 @@ def test_segment_returns_the_embedding_only_when_asked(tiny_model: FPSeg, encode
 def test_without_a_region_classifier_no_embedding_is_kept(tiny_model: FPSeg, monkeypatch: pytest.MonkeyPatch
                                                           ) -> None:
     asked: list[bool] = []
-    segment = tiny_model.segment
+    segment = tiny_model.segment_batch
 
     def spy(*args, **kwargs):
         asked.append(kwargs["keep_embedding"])
         return segment(*args, **kwargs)
 
-    monkeypatch.setattr(tiny_model, "segment", spy)
+    monkeypatch.setattr(tiny_model, "segment_batch", spy)
     controller = SegmentationController(tiny_model)
     _handle(controller, sec=1)
     assert controller.regions is None and asked == [False]

@@ -25,6 +25,7 @@ class OnnxRuntimeBackend:
     """
 
     name = "onnxruntime"
+    batch_encoding = False  # encoder.onnx is exported for one image
 
     def __init__(self, folder: Path, device: torch.device, identity: ModelIdentity,
                  threads: int | None = None) -> None:

@@ -62,6 +62,7 @@ class OpenVinoBackend:
     """
 
     name = "openvino"
+    batch_encoding = False  # reshaped to one image
 
     def __init__(self, folder: Path, device: torch.device, identity: ModelIdentity, dtype: str = "fp32",
                  threads: int | None = None) -> None:

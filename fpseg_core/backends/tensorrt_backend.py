@@ -364,6 +364,7 @@ class TensorRTBackend:
     """
 
     name = "tensorrt"
+    batch_encoding = False  # the encoder engine's profile is one image
 
     def __init__(self, folder: Path, device: torch.device, identity: ModelIdentity) -> None:
         trt = require_tensorrt()

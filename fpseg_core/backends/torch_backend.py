@@ -23,6 +23,7 @@ class TorchBackend:
     """
 
     name = "torch"
+    batch_encoding = True
 
     def __init__(self, model: FPSegModel, device: torch.device, dtype: str = "fp32", class_chunk: int = 8) -> None:
         require_choice("dtype", dtype, DTYPE_NAMES)

@@ -3,11 +3,17 @@
 One `StreamEvaluator` backs the ROS evaluator node (`fpseg_eval`), `fpseg eval-bag` and
 `fpseg eval-bag --recorded`, so all three report the same numbers the same way. Its `on_*` methods take
 messages (rclpy or rosbags ones: fields are read by name) and decode images with the node's own codec.
+
+Memory bound, whatever the length of the stream: the pairer holds at most `max_pending` frames per stream and
+as many wait for label info; the confusion matrix has a fixed size; at most MAX_KEPT_ERRORS reasons are
+kept; `LatencyStats` keeps at most RESERVOIR_SAMPLES doubles per stage (see its docstring for what that
+changes in the percentiles of very long streams).
 """
 
 from __future__ import annotations
 
 import math
+import random
 from array import array
 from collections import deque
 from collections.abc import Iterable, Mapping, Sequence
@@ -23,6 +29,7 @@ from .pairing import DEFAULT_MAX_PENDING, StampPairer, bank_names_from_class_map
 
 PERCENTILES = (50, 90, 99)
 MAX_KEPT_ERRORS = 5
+RESERVOIR_SAMPLES = 65_536  # latency samples kept per stage for the percentiles (8 bytes each)
 # fpseg_ros/msg/SegmentationStats fields summarised in the report (also the fields of the node's FrameStats).
 STATS_FIELDS = ("latency_ms", "inference_ms", "preprocess_ms", "encoder_ms", "decoder_ms", "postprocess_ms")
 
@@ -32,29 +39,75 @@ def stats_timings(stats: Any) -> dict[str, float]:
     return {name.removesuffix("_ms"): float(getattr(stats, name)) for name in STATS_FIELDS}
 
 
-class LatencyStats:
-    """Per-stage latency samples (ms) -> count, mean, p50 / p90 / p99 and max per stage.
+class _StageSamples:
+    """One stage's latencies: exact count, sum, min and max over every sample, and a bounded uniform sample of
+    them (Algorithm R reservoir, `capacity` doubles) for the percentiles."""
 
-    Samples are kept as 8-byte doubles (about 50 bytes per frame for six stages, fine for a day of frames);
-    non-finite values (a stage the backend did not time) are skipped.
+    def __init__(self, capacity: int, rng: random.Random) -> None:
+        self.capacity = capacity
+        self.count = 0
+        self.total = 0.0
+        self.low = math.inf
+        self.high = -math.inf
+        self.reservoir = array("d")
+        self._rng = rng
+
+    def add(self, value: float) -> None:
+        self.count += 1
+        self.total += value
+        self.low = min(self.low, value)
+        self.high = max(self.high, value)
+        if len(self.reservoir) < self.capacity:
+            self.reservoir.append(value)
+            return
+        slot = self._rng.randrange(self.count)  # each of the `count` samples stays with probability capacity/count
+        if slot < self.capacity:
+            self.reservoir[slot] = value
+
+    def summary(self) -> dict[str, float]:
+        samples = np.frombuffer(self.reservoir, dtype=np.float64)
+        return {"count": self.count, "mean": self.total / self.count,
+                **{f"p{q}": float(np.percentile(samples, q)) for q in PERCENTILES},
+                "min": self.low, "max": self.high, "percentile_samples": int(samples.size)}
+
+
+class LatencyStats:
+    """Per-stage latency samples (ms) -> count, mean, p50 / p90 / p99, min and max per stage.
+
+    Memory bound: at most `reservoir` doubles per stage (RESERVOIR_SAMPLES, 512 KiB per stage by default),
+    whatever the number of frames. count, mean, min and max are exact over every sample (the mean is a
+    running sum / count). The percentiles are exact while a stage has at most `reservoir` samples (about an
+    hour of a 17 Hz stream); after that they are those of a uniform random sample of `reservoir` of them
+    (reservoir sampling, seeded, so a run is reproducible), within about a percentile rank of the exact
+    value. `percentile_samples` in the summary says how many samples they were computed on. Non-finite
+    values (a stage the backend did not time) are skipped.
     """
 
-    def __init__(self) -> None:
-        self._samples: dict[str, array] = {}
+    def __init__(self, reservoir: int = RESERVOIR_SAMPLES, seed: int = 0) -> None:
+        if reservoir < 1:
+            raise ValueError(f"the latency reservoir must hold at least 1 sample, got {reservoir}")
+        self._capacity = reservoir
+        self._rng = random.Random(seed)
+        self._stages: dict[str, _StageSamples] = {}
+
+    @property
+    def reservoir(self) -> int:
+        """The most samples kept per stage."""
+        return self._capacity
+
+    def kept_samples(self) -> dict[str, int]:
+        """Samples held per stage (at most `reservoir` each)."""
+        return {stage: len(samples.reservoir) for stage, samples in self._stages.items()}
 
     def add(self, timings_ms: Mapping[str, float]) -> None:
         for stage, value in timings_ms.items():
             if math.isfinite(value):
-                self._samples.setdefault(stage, array("d")).append(float(value))
+                if stage not in self._stages:
+                    self._stages[stage] = _StageSamples(self._capacity, self._rng)
+                self._stages[stage].add(float(value))
 
     def summary(self) -> dict[str, dict[str, float]]:
-        summary = {}
-        for stage, values in self._samples.items():
-            samples = np.frombuffer(values, dtype=np.float64)
-            summary[stage] = {"count": int(samples.size), "mean": float(samples.mean()),
-                              **{f"p{q}": float(np.percentile(samples, q)) for q in PERCENTILES},
-                              "max": float(samples.max())}
-        return summary
+        return {stage: samples.summary() for stage, samples in self._stages.items()}
 
 
 def _mono8(msg: Any) -> np.ndarray:

@@ -39,17 +39,22 @@ SEGMENTATION_STATS_MSG = """# One report per segmented frame, published by the f
 # Stamp and frame_id of the input image.
 std_msgs/Header header
 
-# Frames segmented since the node started (the first is 1).
+# The input's camera (parameter `cameras`; empty in a single-camera node). Counts, windows and rates below
+# are this camera's.
+string camera
+# Frames of this camera segmented since the node started (the first is 1).
 uint64 frame
+# Images encoded in the same encoder pass as this one (the waiting frames of several cameras; 1 otherwise).
+uint32 batch_size
 # Classes segmented in this frame, in priority order.
 string[] classes
 # Active classes left out of this frame to keep to latency_budget_ms (the end of the priority list; empty
 # without a budget or when every active class fits).
 string[] skipped_classes
-# Inference backend that ran the model: torch, onnxruntime or tensorrt.
+# Inference backend that ran the model: torch, onnxruntime, openvino or tensorrt.
 string backend
 
-# Wall time of each stage for this frame, milliseconds.
+# Wall time of each stage for this frame, milliseconds (encoder_ms: the whole batch's encoder pass).
 float32 preprocess_ms
 float32 encoder_ms
 float32 decoder_ms

@@ -6,6 +6,9 @@ weighted means of the node's own stage timings. When the whole active list is pr
 the longest prefix that fits is segmented (always at least the first class). Hysteresis: a class that was left
 out comes back only once it fits with `hysteresis` (a fraction of the budget) to spare, so the kept list does
 not flap while the timings jitter around the budget. No rclpy or torch import.
+
+Memory bound: a `BudgetPlanner` keeps constant state (one CostEstimate, the last kept count and the budget);
+observing a frame folds it into the estimate and keeps nothing of it.
 """
 
 from __future__ import annotations

@@ -7,6 +7,7 @@ The rclpy node (fpseg_ros/node.py) only turns parameters, messages and service c
 from __future__ import annotations
 
 import gc
+import logging
 import math
 import threading
 import time
@@ -22,7 +23,7 @@ import torch
 
 from fpseg_core.constants import MAX_CLASSES
 from fpseg_core.errors import FPSegError, PromptBankError
-from fpseg_core.predictor import FPSeg
+from fpseg_core.predictor import FPSeg, Segmentation
 from fpseg_core.preprocess import to_rgb
 from fpseg_core.prompt_bank import PromptBank
 from fpseg_core.regions import RegionClassifier
@@ -32,12 +33,13 @@ from fpseg_core.weights import resolve_checkpoint
 from .budget import BudgetPlanner
 from .health import Health, HealthLimits, HealthMonitor, HealthSnapshot
 from .image_codec import DecodedImage, MalformedImageError, decode_compressed, decode_image, stamp_ns
-from .latest_frame_worker import LatestFrameWorker
+from .latest_frame_worker import SINGLE_SOURCE, LatestFrameWorker
 from .parameters import PARAMETER_BY_NAME, RUNTIME_PARAMETERS
 from .regions import DEFAULT_CACHE_FRAMES, DEFAULT_POINTS, RegionQueries
 from .stats import RollingStats
 
 OVERLAY_ALPHA = 0.5
+logger = logging.getLogger(__name__)
 NONE_LABEL = "none"
 
 
@@ -49,7 +51,9 @@ class ClassSelectionError(FPSegError, ValueError):
 class FrameStats:
     """One frame's report; field names and meaning are those of fpseg_ros/msg/SegmentationStats (less header)."""
 
+    camera: str
     frame: int
+    batch_size: int
     classes: list[str]
     skipped_classes: list[str]
     backend: str
@@ -80,9 +84,11 @@ class FrameResult:
     """What the node publishes for one image: labels (H x W uint8), optional rgb8 overlay, optional mono8
     confidence (H x W uint8, round(255 * probability of the winning class), 0 = none), stats.
 
-    `header` is the input message's header, to be copied onto every output.
+    `camera` is the input's camera ('' in a single-camera node); `header` is the input message's header, to be
+    copied onto every output.
     """
 
+    camera: str
     header: Any
     labels: np.ndarray
     overlay: np.ndarray | None
@@ -96,6 +102,7 @@ class Rejection:
 
     reason: str
     malformed: bool
+    camera: str = SINGLE_SOURCE
 
 
 @dataclass(frozen=True)
@@ -106,6 +113,26 @@ class PromptUpdate:
     message: str
     available: list[str] = field(default_factory=list)
     active: list[str] = field(default_factory=list)
+
+
+class _Camera:
+    """One camera's counters and latency window (the node's totals are their sums)."""
+
+    def __init__(self, stats_window: int) -> None:
+        self.stats = RollingStats(stats_window)
+        self.received = 0
+        self.segmented = 0
+        self.rejected = 0
+        self.failed = 0
+        self.dropped_before = 0  # frames dropped by inference threads that were stopped
+
+
+@dataclass(frozen=True)
+class _Decoded:
+    camera: str
+    image: DecodedImage
+    header: Any
+    start_ns: int
 
 
 @dataclass(frozen=True)
@@ -168,6 +195,11 @@ def _checked_flag(name: str, value: Any) -> bool:
     return value
 
 
+def _of(camera: str) -> str:
+    """' of camera <name>' for log lines of a multi-camera node; nothing with one camera."""
+    return f" of camera {camera}" if camera else ""
+
+
 def free_device_memory() -> None:
     """Return the memory of released pipelines: collect them, then empty torch's CUDA cache (if CUDA is used)."""
     gc.collect()
@@ -186,6 +218,11 @@ class SegmentationController:
     Life cycle: `start` runs the inference thread, `stop` ends it (the model stays loaded), and `start` may
     be called again; the node's lifecycle transitions map onto these. `health` summarises the counters for
     /diagnostics; `latency_budget_ms` keeps each frame to the prefix of the active classes that fits.
+
+    Cameras: with `cameras` (names, e.g. ["front", "rear"]) frames are submitted per camera; the newest frame of
+    each is kept, cameras are served round-robin, and the frames of every camera waiting are encoded together
+    (one batch where the backend encodes batches, see `FPSeg.segment_batch`). Counters, latency windows and
+    stats are per camera; `health` sums them. Without `cameras` there is one, named '' (SINGLE_SOURCE).
 
     With a `region_classifier`, each segmented frame's image embedding is kept (the last
     `region_cache_frames`, by header stamp) and `regions` answers region queries on them without another
@@ -211,9 +248,13 @@ class SegmentationController:
         region_classifier: RegionClassifier | None = None,
         region_points: int = DEFAULT_POINTS,
         region_cache_frames: int = DEFAULT_CACHE_FRAMES,
+        cameras: Sequence[str] = (),
     ) -> None:
         if not 1 <= max_classes <= MAX_CLASSES:
             raise ValueError(f"max_classes must be in [1, {MAX_CLASSES}], got {max_classes}")
+        names = tuple(cameras) or (SINGLE_SOURCE,)
+        if len(set(names)) != len(names) or (cameras and not all(names)):
+            raise ValueError(f"cameras must be distinct non-empty names, got {list(cameras)}")
         self._fpseg = fpseg
         self._max_classes = int(max_classes)
         self._decode = decode_compressed if compressed_input else decode_image
@@ -221,7 +262,7 @@ class SegmentationController:
         self._monotonic = monotonic
         self._state_lock = threading.Lock()
         self._model_lock = threading.Lock()
-        self._stats = RollingStats(stats_window)
+        self._cameras = {name: _Camera(stats_window) for name in names}
         self._planner = BudgetPlanner()
         self._health = HealthMonitor()
         self._limits = HealthLimits()
@@ -229,11 +270,6 @@ class SegmentationController:
         self._active: tuple[str, ...] = ()
         self._skipped: list[str] = []
         self._options = _Options()
-        self._frames = 0
-        self._received = 0
-        self._rejected = 0
-        self._failed = 0
-        self._dropped_before = 0  # frames dropped by inference threads that were stopped
         self._last_input_s: float | None = None
         self._started_s = monotonic()
         self._worker: LatestFrameWorker | None = None
@@ -273,6 +309,11 @@ class SegmentationController:
     @property
     def score_threshold(self) -> float:
         return self._options.score_threshold
+
+    @property
+    def cameras(self) -> list[str]:
+        """The camera names frames are submitted under (one, '', without the `cameras` argument)."""
+        return list(self._cameras)
 
     @property
     def max_classes(self) -> int:
@@ -353,7 +394,8 @@ class SegmentationController:
                 if isinstance(window, bool) or not isinstance(window, int) or window < 1:
                     raise ValueError(f"stats_window must be a positive integer, got {window!r}")
             if window is not None:
-                self._stats.resize(window)
+                for camera in self._cameras.values():
+                    camera.stats.resize(window)
             self._planner.budget_ms = budget
             self._active, self._options, self._limits = active, options, limits
 
@@ -437,55 +479,90 @@ class SegmentationController:
         return PromptUpdate(False, reason, self.available, self.active)
 
     # --------------------------------------------------------------------------------------- frames
-    def handle(self, msg: Any) -> FrameResult | Rejection:
-        """Segment one Image (or CompressedImage) message. Never raises: bad input and failures are
-        counted and returned as a Rejection whose reason is meant for the log."""
+    def handle(self, msg: Any, camera: str = SINGLE_SOURCE) -> FrameResult | Rejection:
+        """Segment one Image (or CompressedImage) message of `camera`. Never raises for the message: bad input
+        and failures are counted and returned as a Rejection whose reason is meant for the log."""
+        (outcome,) = self.handle_batch([(camera, msg)])
+        return outcome
+
+    def handle_batch(self, frames: Sequence[tuple[str, Any]]) -> list[FrameResult | Rejection]:
+        """Segment one message of each of several cameras, (camera, message) pairs, encoded together; the
+        outcomes in the same order. Each bad message is rejected on its own; a failed run fails the batch's
+        decodable frames. Never raises for the messages (KeyError for a camera that is not one of `cameras`)."""
+        outcomes: list[FrameResult | Rejection | None] = []
+        decoded: list[tuple[int, _Decoded]] = []
+        for camera, msg in frames:
+            if camera not in self._cameras:
+                raise KeyError(f"unknown camera {camera!r}; cameras: {', '.join(map(repr, self._cameras))}")
+            frame = self._decode_frame(camera, msg)
+            if isinstance(frame, _Decoded):
+                decoded.append((len(outcomes), frame))
+            outcomes.append(frame if isinstance(frame, Rejection) else None)
+        if decoded:
+            try:
+                results = self._segment([frame for _, frame in decoded])
+            # Whatever a backend raises (e.g. CUDA out of memory) costs these frames only; the node keeps going.
+            except Exception as exc:
+                results = [self._failure(frame.camera, f"segmentation failed: {type(exc).__name__}: {exc}")
+                           for _, frame in decoded]
+            for (index, _), result in zip(decoded, results, strict=True):
+                outcomes[index] = result
+        return outcomes  # type: ignore[return-value]
+
+    def _decode_frame(self, camera: str, msg: Any) -> _Decoded | Rejection:
         try:
             received_ns = self._clock_ns()
             image = self._decode(msg)
             header = msg.header
             start_ns = stamp_ns(header) or received_ns  # unstamped images: latency from arrival
         except MalformedImageError as exc:
-            self._rejected += 1
-            return Rejection(f"dropped a malformed image message: {exc}", malformed=True)
+            self._cameras[camera].rejected += 1
+            return Rejection(f"dropped a malformed image message{_of(camera)}: {exc}", malformed=True, camera=camera)
         # A decoder bug (or a message that is no image at all) costs this frame only, like a backend failure.
         except Exception as exc:
-            self._failed += 1
-            return Rejection(f"decoding failed: {type(exc).__name__}: {exc}", malformed=False)
-        try:
-            return self._segment(image, header, start_ns)
-        # Whatever a backend raises (e.g. CUDA out of memory) costs this frame only; the node keeps going.
-        except Exception as exc:
-            self._failed += 1
-            return Rejection(f"segmentation failed: {type(exc).__name__}: {exc}", malformed=False)
+            return self._failure(camera, f"decoding failed{_of(camera)}: {type(exc).__name__}: {exc}")
+        return _Decoded(camera, image, header, start_ns)
 
-    def _segment(self, image: DecodedImage, header: Any, start_ns: int) -> FrameResult:
+    def _failure(self, camera: str, reason: str) -> Rejection:
+        self._cameras[camera].failed += 1
+        return Rejection(reason, malformed=False, camera=camera)
+
+    def _segment(self, frames: list[_Decoded]) -> list[FrameResult]:
         with self._model_lock:
             with self._state_lock:
                 active, options, colours = list(self._active), self._options, self._palette
             plan = self._planner.plan(active)
-            result = self._fpseg.segment(
-                image.pixels, plan.kept, fusion=options.fusion,
-                threshold=probability_to_logit(options.score_threshold), color_order=image.color_order,
+            results = self._fpseg.segment_batch(
+                [frame.image.pixels for frame in frames], [frame.image.color_order for frame in frames],
+                plan.kept, fusion=options.fusion, threshold=probability_to_logit(options.score_threshold),
                 confidence=options.publish_confidence, keep_embedding=self._regions is not None,
             )
+        self._skipped = plan.skipped
+        return [self._frame_result(frame, result, plan.skipped, options, colours)
+                for frame, result in zip(frames, results, strict=True)]
+
+    def _frame_result(self, frame: _Decoded, result: Segmentation, skipped: list[str], options: _Options,
+                      colours: np.ndarray) -> FrameResult:
         if self._regions is not None:  # before the outputs go out: a client that saw them may ask at once
             # keyed by the frame's stamp (by its arrival time when unstamped: 0 means "latest" to a query)
-            self._regions.remember(start_ns, result.embedding, result.geometry)
-        self._planner.observe(result.timings_ms, len(plan.kept))
-        self._skipped = plan.skipped
+            self._regions.remember(frame.start_ns, result.embedding, result.geometry)
+        self._planner.observe(result.timings_ms, len(result.classes))
+        image = frame.image
         overlay = None
         if options.publish_color:
             overlay = blend(to_rgb(image.pixels, image.color_order), colorize(result.labels, colours),
                             OVERLAY_ALPHA)
-        latency_ms = (self._clock_ns() - start_ns) / 1e6
-        self._frames += 1
-        window = self._stats.add(latency_ms, self._monotonic())
+        latency_ms = (self._clock_ns() - frame.start_ns) / 1e6
+        counters = self._cameras[frame.camera]
+        counters.segmented += 1
+        window = counters.stats.add(latency_ms, self._monotonic())
         timings = result.timings_ms
         stats = FrameStats(
-            frame=self._frames,
+            camera=frame.camera,
+            frame=counters.segmented,
+            batch_size=result.batch_size,
             classes=list(result.classes),
-            skipped_classes=plan.skipped,
+            skipped_classes=skipped,
             backend=self.backend_name,
             preprocess_ms=timings.get("preprocess", math.nan),
             encoder_ms=timings.get("encoder", math.nan),
@@ -500,25 +577,35 @@ class SegmentationController:
             latency_p95_ms=window.latency_p95_ms,
             latency_max_ms=window.latency_max_ms,
             throughput_hz=window.throughput_hz,
-            dropped_frames=self.dropped_frames,
-            rejected_frames=self._rejected,
-            failed_frames=self._failed,
+            dropped_frames=self.dropped_by_camera[frame.camera],
+            rejected_frames=counters.rejected,
+            failed_frames=counters.failed,
         )
-        return FrameResult(header, result.labels, overlay, result.confidence, stats)
+        return FrameResult(frame.camera, frame.header, result.labels, overlay, result.confidence, stats)
 
     # ---------------------------------------------------------------------------------- worker thread
     @property
+    def dropped_by_camera(self) -> dict[str, int]:
+        """Frames of each camera replaced by a newer one before the worker got to them (over every start)."""
+        running = self._worker.dropped_by_source if self._worker is not None else {}
+        return {name: camera.dropped_before + running.get(name, 0) for name, camera in self._cameras.items()}
+
+    @property
     def dropped_frames(self) -> int:
-        """Frames replaced by a newer one before the worker got to them (over every start)."""
-        return self._dropped_before + (self._worker.dropped if self._worker is not None else 0)
+        """Frames replaced by a newer one of the same camera before the worker got to them (over every start)."""
+        return sum(self.dropped_by_camera.values())
 
     @property
     def rejected_frames(self) -> int:
-        return self._rejected
+        return sum(camera.rejected for camera in self._cameras.values())
 
     @property
     def failed_frames(self) -> int:
-        return self._failed
+        return sum(camera.failed for camera in self._cameras.values())
+
+    @property
+    def segmented_frames(self) -> int:
+        return sum(camera.segmented for camera in self._cameras.values())
 
     @property
     def alive(self) -> bool:
@@ -545,33 +632,38 @@ class SegmentationController:
         if self._worker is not None:
             if self._worker.death_cause is not None:
                 raise RuntimeError("the controller's worker died; create a new controller")
-            self._dropped_before += self._worker.dropped
+            for name, dropped in self._worker.dropped_by_source.items():
+                self._cameras[name].dropped_before += dropped
+        report = on_error or (lambda exc: logger.error("publishing a result failed", exc_info=exc))
 
-        def work(msg: Any) -> None:
-            outcome = self.handle(msg)
-            if isinstance(outcome, Rejection):
-                on_rejection(outcome)  # already counted (rejected or failed) by handle
-                return
-            try:
-                on_result(outcome)
-            except Exception:
-                self._failed += 1
-                raise
+        def work(batch: list[tuple[str, Any]]) -> None:
+            for outcome in self.handle_batch(batch):
+                if isinstance(outcome, Rejection):
+                    on_rejection(outcome)  # already counted (rejected or failed) by handle_batch
+                    continue
+                try:
+                    on_result(outcome)
+                # Counted, reported, and the batch's other frames still go out.
+                except Exception as exc:
+                    self._cameras[outcome.camera].failed += 1
+                    report(exc)
 
         self._health.reset()
         self._started_s, self._last_input_s = self._monotonic(), None
-        self._worker = LatestFrameWorker(work, on_error, name="fpseg-inference")
+        self._worker = LatestFrameWorker(work, on_error, name="fpseg-inference", sources=tuple(self._cameras),
+                                         max_batch=len(self._cameras))
         self._worker.start()
 
-    def submit(self, msg: Any) -> bool:
-        """Hand a frame to the inference thread; returns at once (a frame still waiting is dropped).
-
-        False when the thread no longer takes frames: stopped, or dead (see `death_cause`)."""
+    def submit(self, msg: Any, camera: str = SINGLE_SOURCE) -> bool:
+        """Hand a frame of `camera` to the inference thread; returns at once (a frame of the same camera still
+        waiting is dropped). False when the thread no longer takes frames: stopped, or dead (see
+        `death_cause`). KeyError for a camera that is not one of `cameras`."""
         if self._worker is None:
             raise RuntimeError("call start() before submit()")
-        self._received += 1
+        accepted = self._worker.submit(msg, camera)  # KeyError (nothing counted) for an unknown camera
+        self._cameras[camera].received += 1
         self._last_input_s = self._monotonic()
-        return self._worker.submit(msg)
+        return accepted
 
     def stop(self, timeout: float | None = 10.0) -> bool:
         """Stop the inference thread after the frame in progress; True when it has ended. The model stays
@@ -580,20 +672,23 @@ class SegmentationController:
 
     # ------------------------------------------------------------------------------------------ health
     def health(self) -> Health:
-        """Level, message and key-values for /diagnostics, from the counters since the last call."""
-        summary = self._stats.summary()
+        """Level, message and key-values for /diagnostics, from the counters since the last call (summed over
+        the cameras; latency: the frame-weighted mean of the cameras' windows and the worst camera's p95)."""
+        windows = [camera.stats.summary() for camera in self._cameras.values()]
+        filled = [window for window in windows if window.frames]
         with self._state_lock:
             active, limits, fingerprint = list(self._active), self._limits, self._fpseg.bank.decoder_fingerprint
         snapshot = HealthSnapshot(
-            received_frames=self._received,
-            segmented_frames=self._frames,
+            received_frames=sum(camera.received for camera in self._cameras.values()),
+            segmented_frames=self.segmented_frames,
             dropped_frames=self.dropped_frames,
-            rejected_frames=self._rejected,
-            failed_frames=self._failed,
+            rejected_frames=self.rejected_frames,
+            failed_frames=self.failed_frames,
             running_since_s=self._started_s,
             last_input_s=self._last_input_s,
-            latency_mean_ms=summary.latency_mean_ms,
-            latency_p95_ms=summary.latency_p95_ms,
+            latency_mean_ms=(sum(w.latency_mean_ms * w.frames for w in filled) / sum(w.frames for w in filled)
+                             if filled else math.nan),
+            latency_p95_ms=max((w.latency_p95_ms for w in filled), default=math.nan),
             skipped_classes=list(self._skipped),
             budget_ms=self._planner.budget_ms,
             backend=self.backend_name,
@@ -603,6 +698,12 @@ class SegmentationController:
         )
         health = self._health.assess(snapshot, limits, self._monotonic())
         values = [("encoder passes", str(self.encoder_passes))]
+        if len(self._cameras) > 1:
+            dropped = self.dropped_by_camera
+            values += [(f"camera {name}", f"received {camera.received}, segmented {camera.segmented}, dropped "
+                                          f"{dropped[name]}, rejected {camera.rejected}, failed {camera.failed}, "
+                                          f"latency p95 {window.latency_p95_ms:.1f} ms")
+                       for (name, camera), window in zip(self._cameras.items(), windows, strict=True)]
         if self._regions is not None:
             values += [("region classes", ", ".join(self._regions.class_names)),
                        ("region frames cached", str(len(self._regions.cached_stamps)))]

@@ -3,6 +3,9 @@ key-values (no rclpy import; the node copies the result into a diagnostic_update
 
 Rates are measured over the last RATE_WINDOW_S seconds of assessments (the updater calls `assess` about once a
 second), so a stalled camera shows as 0 Hz within a window, not as the average since start-up.
+
+Memory bound: a `HealthMonitor` keeps at most MAX_SAMPLES small samples (a deque with that maxlen; the window
+is also cut by time), one per `assess` call, never one per frame.
 """
 
 from __future__ import annotations
@@ -95,6 +98,11 @@ class HealthMonitor:
     def __init__(self, rate_window_s: float = RATE_WINDOW_S) -> None:
         self._window_s = rate_window_s
         self._samples: deque[_Sample] = deque(maxlen=MAX_SAMPLES)
+
+    @property
+    def kept_samples(self) -> int:
+        """Samples held for the rate window (at most MAX_SAMPLES)."""
+        return len(self._samples)
 
     def reset(self) -> None:
         """Forget the history (the inference thread was restarted)."""

@@ -4,6 +4,10 @@ Messages are duck-typed: anything with `height, width, encoding, step, data` (Im
 (CompressedImage) works, so the same code runs on rclpy messages, rosbags messages and plain test objects.
 rosbags-image and cv_bridge were considered: both need OpenCV, and rosbags-image ignores `step` (padded
 rows), so raw images are viewed with numpy here and compressed ones decoded with Pillow.
+
+Memory bound: decoding keeps no state between messages (the tables here are constants); each DecodedImage
+holds a copy of its pixels, never a view of the message's buffer, so a message is not kept alive by its
+decoded frame.
 """
 
 from __future__ import annotations

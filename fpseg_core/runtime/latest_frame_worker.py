@@ -1,51 +1,121 @@
-"""Newest-frame hand-off from a producer (the ROS executor) to one supervised worker thread (no rclpy import)."""
+"""Newest-frame hand-off from producers (the ROS executor, one or several cameras) to one supervised worker
+thread (no rclpy import)."""
 
 from __future__ import annotations
 
 import logging
 import threading
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from typing import Generic, TypeVar
 
 T = TypeVar("T")
 _EMPTY = object()
+SINGLE_SOURCE = ""  # the source name of a node with one camera (parameter `cameras` empty)
 
 logger = logging.getLogger(__name__)
 
 
-class LatestFrameWorker(Generic[T]):
-    """A worker thread that always processes the newest submitted item and never queues.
+class SourceSlots(Generic[T]):
+    """The newest waiting item of each source (camera), taken in round-robin order. Not thread-safe.
 
-    `submit` (any thread) puts the item in a one-element slot and returns at once; an item still waiting
-    there is replaced and counted in `dropped`, so under overload stale frames are skipped and latency
-    stays bounded by one processing time. The thread calls `handler(item)` for each item it takes.
+    `put` replaces a source's waiting item (counted in `dropped[source]`); `take(limit)` returns up to `limit`
+    waiting items, one per source, starting with the source after the one served last, so a source that
+    always has a frame waiting cannot starve the others. Memory: one slot per source, by construction.
+    """
+
+    def __init__(self, sources: Sequence[str]) -> None:
+        if not sources:
+            raise ValueError("at least one source is needed")
+        if len(set(sources)) != len(sources):
+            raise ValueError(f"source names must be unique, got {list(sources)}")
+        self.sources = tuple(sources)
+        self._slots: dict[str, object] = dict.fromkeys(self.sources, _EMPTY)
+        self.dropped: dict[str, int] = dict.fromkeys(self.sources, 0)
+        self._next = 0  # index of the source served first at the next take
+
+    @property
+    def waiting(self) -> int:
+        """Sources with an item waiting."""
+        return sum(item is not _EMPTY for item in self._slots.values())
+
+    def put(self, source: str, item: T) -> None:
+        """Make `item` the source's waiting item; KeyError for a source that is not one of `sources`."""
+        if source not in self._slots:
+            raise KeyError(f"unknown source {source!r}; sources: {', '.join(map(repr, self.sources))}")
+        if self._slots[source] is not _EMPTY:
+            self.dropped[source] += 1
+        self._slots[source] = item
+
+    def take(self, limit: int) -> list[tuple[str, T]]:
+        """Up to `limit` waiting items as (source, item), in round-robin order; their slots are emptied."""
+        taken: list[tuple[str, T]] = []
+        count, first = len(self.sources), self._next
+        for step in range(count):
+            if len(taken) >= limit:
+                break
+            index = (first + step) % count
+            source = self.sources[index]
+            item = self._slots[source]
+            if item is not _EMPTY:
+                taken.append((source, item))  # type: ignore[arg-type]
+                self._slots[source] = _EMPTY
+                self._next = (index + 1) % count
+        return taken
+
+    def clear(self) -> None:
+        """Discard every waiting item (not counted as dropped)."""
+        self._slots = dict.fromkeys(self.sources, _EMPTY)
+
+
+class LatestFrameWorker(Generic[T]):
+    """A worker thread that always processes the newest submitted item of each source and never queues.
+
+    `submit` (any thread) puts the item in its source's one-element slot and returns at once; an item still
+    waiting there is replaced and counted in `dropped_by_source`, so under overload stale frames are skipped
+    and latency stays bounded by one processing time. The thread takes the waiting items of up to `max_batch`
+    sources at a time (round-robin, see `SourceSlots`) and calls `handler(batch)` with them as a list of
+    (source, item); with one source, every batch has one item.
 
     Supervision: an Exception from the handler goes to `on_error` (an Exception from `on_error` itself is
-    logged) and the thread carries on with the next item. Anything else that ends the thread (a
+    logged) and the thread carries on with the next batch. Anything else that ends the thread (a
     BaseException such as SystemExit escaping the handler) is recorded in `death_cause` and logged; from
     then on `alive` is False and `submit` refuses items, so a dead worker never silently swallows frames.
     """
 
     def __init__(
         self,
-        handler: Callable[[T], None],
+        handler: Callable[[list[tuple[str, T]]], None],
         on_error: Callable[[BaseException], None] | None = None,
         name: str = "fpseg-worker",
+        sources: Sequence[str] = (SINGLE_SOURCE,),
+        max_batch: int = 1,
     ) -> None:
+        if max_batch < 1:
+            raise ValueError(f"max_batch must be >= 1, got {max_batch}")
         self._handler = handler
         self._on_error = on_error or (lambda exc: logger.error("frame handler failed", exc_info=exc))
         self._condition = threading.Condition()
-        self._pending: object = _EMPTY
+        self._slots: SourceSlots[T] = SourceSlots(sources)
+        self._max_batch = max_batch
         self._closed = False
-        self._dropped = 0
         self._processed = 0
         self._death_cause: BaseException | None = None
         self._thread = threading.Thread(target=self._run, name=name, daemon=True)
 
     @property
+    def sources(self) -> tuple[str, ...]:
+        return self._slots.sources
+
+    @property
     def dropped(self) -> int:
-        """Items replaced by a newer one before the worker took them."""
-        return self._dropped
+        """Items replaced by a newer one of the same source before the worker took them (all sources)."""
+        return sum(self._slots.dropped.values())
+
+    @property
+    def dropped_by_source(self) -> dict[str, int]:
+        """`dropped`, per source."""
+        with self._condition:
+            return dict(self._slots.dropped)
 
     @property
     def processed(self) -> int:
@@ -65,19 +135,18 @@ class LatestFrameWorker(Generic[T]):
     def start(self) -> None:
         self._thread.start()
 
-    def submit(self, item: T) -> bool:
-        """Hand over `item`, replacing (and counting) a pending one; False once the worker is stopped or dead."""
+    def submit(self, item: T, source: str = SINGLE_SOURCE) -> bool:
+        """Hand over `item` of `source`, replacing (and counting) one still waiting; False once the worker is
+        stopped or dead. KeyError for a source the worker was not made for."""
         with self._condition:
             if self._closed:
                 return False
-            if self._pending is not _EMPTY:
-                self._dropped += 1
-            self._pending = item
+            self._slots.put(source, item)
             self._condition.notify()
             return True
 
     def stop(self, timeout: float | None = None) -> bool:
-        """Refuse new items, discard a pending one, wait for the item in progress; True if the thread ended."""
+        """Refuse new items, discard waiting ones, wait for the batch in progress; True if the thread ended."""
         self._close()
         if self._thread.ident is not None:
             self._thread.join(timeout)
@@ -86,13 +155,13 @@ class LatestFrameWorker(Generic[T]):
     def _close(self) -> None:
         with self._condition:
             self._closed = True
-            self._pending = _EMPTY
+            self._slots.clear()
             self._condition.notify()
 
     def _run(self) -> None:
         try:
-            while (item := self._take()) is not _EMPTY:
-                self._process(item)  # type: ignore[arg-type]
+            while batch := self._take():
+                self._process(batch)
         # Only a BaseException gets here (_process catches every Exception): record it, the owner decides.
         except BaseException as exc:
             self._death_cause = exc
@@ -100,23 +169,22 @@ class LatestFrameWorker(Generic[T]):
         finally:
             self._close()
 
-    def _take(self) -> object:
-        """The next item, waiting for one; _EMPTY once the worker is closed."""
+    def _take(self) -> list[tuple[str, T]]:
+        """The next batch, waiting for one; empty once the worker is closed."""
         with self._condition:
-            while self._pending is _EMPTY and not self._closed:
+            while not self._slots.waiting and not self._closed:
                 self._condition.wait()
             if self._closed:
-                return _EMPTY
-            item, self._pending = self._pending, _EMPTY
-            return item
+                return []
+            return self._slots.take(self._max_batch)
 
-    def _process(self, item: T) -> None:
+    def _process(self, batch: list[tuple[str, T]]) -> None:
         try:
-            self._handler(item)
+            self._handler(batch)
         except Exception as exc:
             try:
                 self._on_error(exc)
             except Exception:
                 logger.exception("the error callback of worker %s failed on %r", self._thread.name, exc)
         finally:
-            self._processed += 1
+            self._processed += len(batch)

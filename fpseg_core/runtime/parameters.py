@@ -3,6 +3,7 @@ start-up read it cheaply)."""
 
 from __future__ import annotations
 
+import re
 from dataclasses import dataclass
 from typing import Any
 
@@ -104,6 +105,15 @@ PARAMETERS: tuple[ParameterSpec, ...] = (
         read_only=True,
     ),
     ParameterSpec(
+        "cameras", None,
+        "Cameras served by this one node (one model, one bank), e.g. [front, rear]: it subscribes to "
+        "<camera>/image (<camera>/image/compressed with compressed_input) and publishes ~/<camera>/labels, "
+        "~/<camera>/color, ~/<camera>/confidence and ~/<camera>/stats; the newest frame of each camera is kept, "
+        "cameras are served round-robin and the frames waiting are encoded as one batch where the backend can. "
+        "Default (unset or empty): one camera, `image` in, ~/labels etc. out. " + RESTART,
+        read_only=True, dynamic_typing=True,  # unset by default (an empty list has no type in ROS parameters)
+    ),
+    ParameterSpec(
         "region_checkpoint", "",
         "RoofSAM class decoder (.pt, e.g. a published decoder_*.pt; '~' is expanded) that classifies regions "
         "(~/classify_regions; detections in, ~/detections out) from the image embedding of the frames the node "
@@ -187,4 +197,24 @@ PARAMETERS: tuple[ParameterSpec, ...] = (
     ),
 )
 PARAMETER_BY_NAME = {spec.name: spec for spec in PARAMETERS}
+_CAMERA_NAME = re.compile(r"[A-Za-z][A-Za-z0-9_]*(/[A-Za-z][A-Za-z0-9_]*)*")
+
+
+def camera_names(value: Any) -> tuple[str, ...]:
+    """The `cameras` parameter as a tuple of names; () (one camera, topics without a prefix) when unset or empty.
+
+    Each name must be a relative ROS name (letters, digits, '_', '/'-separated tokens starting with a letter),
+    and the names distinct; ValueError says which is not."""
+    if value is None or (isinstance(value, (list, tuple)) and not value):
+        return ()
+    if isinstance(value, str) or not isinstance(value, (list, tuple)):
+        raise ValueError(f"cameras must be a list of names, e.g. [front, rear], got {value!r}")
+    bad = [name for name in value if not isinstance(name, str) or not _CAMERA_NAME.fullmatch(name)]
+    if bad:
+        raise ValueError(f"camera name(s) {', '.join(map(repr, bad))} are not relative ROS names (letters, digits "
+                         "and '_', '/' between parts, starting with a letter), e.g. [front, rear]")
+    repeated = sorted({name for name in value if value.count(name) > 1})
+    if repeated:
+        raise ValueError(f"camera(s) listed twice: {', '.join(repeated)}")
+    return tuple(value)
 RUNTIME_PARAMETERS = tuple(spec.name for spec in PARAMETERS if not spec.read_only)

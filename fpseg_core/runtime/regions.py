@@ -12,6 +12,10 @@ Which frame a query uses:
 - `detections` (the topic): the frame with the detection message's stamp when it is cached (a detector that
   copies the image header, as vision_msgs detectors do), else the newest cached frame not newer than it; a
   message older than every cached frame is an error.
+
+Memory bound: the cache is a deque with maxlen `region_cache_frames` (at most CACHE_FRAMES_RANGE[1], 100), so
+it holds at most that many embeddings (about 4 MiB each for SAM / MobileSAM) whatever the number of frames;
+a frame with the stamp of a cached one replaces it rather than adding one.
 """
 
 from __future__ import annotations

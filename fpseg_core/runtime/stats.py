@@ -1,4 +1,9 @@
-"""Rolling latency / throughput statistics over the last N segmented frames (no rclpy import)."""
+"""Rolling latency / throughput statistics over the last N segmented frames (no rclpy import).
+
+Memory bound: a `RollingStats` holds two deques of at most `window` floats each, and `window` is at most
+MAX_WINDOW (the upper end of the node's stats_window range), so it never holds more than 2 x MAX_WINDOW
+samples, whatever the number of frames.
+"""
 
 from __future__ import annotations
 
@@ -8,6 +13,10 @@ from collections import deque
 from dataclasses import dataclass
 
 import numpy as np
+
+from .parameters import PARAMETER_BY_NAME
+
+MAX_WINDOW: int = PARAMETER_BY_NAME["stats_window"].integer_range[1]  # frames; the most a window may hold
 
 
 @dataclass(frozen=True)
@@ -41,9 +50,9 @@ class RollingStats:
         return self._window
 
     def resize(self, window: int) -> None:
-        """Change the window length, keeping the newest samples."""
-        if window < 1:
-            raise ValueError(f"the stats window must hold at least 1 frame, got {window}")
+        """Change the window length (1 to MAX_WINDOW frames), keeping the newest samples."""
+        if not 1 <= window <= MAX_WINDOW:
+            raise ValueError(f"the stats window must hold 1 to {MAX_WINDOW} frames, got {window}")
         with self._lock:
             self._window = int(window)
             self._latencies_ms = deque(self._latencies_ms, maxlen=self._window)
