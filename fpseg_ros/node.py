@@ -15,6 +15,7 @@ SegmentationController. Written against the rclpy API common to Humble and Jazzy
 from __future__ import annotations
 
 import sys
+import time
 import traceback
 from functools import partial
 from typing import Any
@@ -43,6 +44,7 @@ from fpseg_core.runtime.controller import (
     load_pipeline,
 )
 from fpseg_core.runtime.health import Level, lifecycle_health
+from fpseg_core.runtime.heap_probe import HEAP_PROFILE_ENV, HeapProbe
 from fpseg_core.runtime.image_codec import fill_image, stamp_ns
 from fpseg_core.runtime.parameters import (
     PARAMETER_BY_NAME,
@@ -64,6 +66,7 @@ DIAGNOSTIC_LEVELS = {Level.OK: DiagnosticStatus.OK, Level.WARN: DiagnosticStatus
 LOG_THROTTLE_S = 5.0
 STOP_TIMEOUT_S = 30.0
 WATCHDOG_PERIOD_S = 1.0  # how often the node checks that its inference thread is still alive
+HEAP_TIMER_S = 5.0  # how often a heap probe (FPSEG_HEAP_PROFILE) is asked whether a sample is due
 # Default QoS of each kind of topic, as keyword arguments of QoSProfile. A fresh profile is built for every
 # publisher and subscription: rclpy writes a topic's QoS overrides into the profile object it is given, so a
 # shared object would carry one topic's override over to the next.
@@ -119,8 +122,15 @@ class FPSegNode(LifecycleNode):
         self._diagnostics.setHardwareID("none")
         self._diagnostics.add(DIAGNOSTIC_TASK, self._diagnose)
         # Steady clock: the check must run whether or not a (simulated) /clock is ticking.
-        self._watchdog = self.create_timer(WATCHDOG_PERIOD_S, self._check_worker,
-                                           clock=Clock(clock_type=ClockType.STEADY_TIME))
+        steady = Clock(clock_type=ClockType.STEADY_TIME)
+        self._watchdog = self.create_timer(WATCHDOG_PERIOD_S, self._check_worker, clock=steady)
+        # Soak runs only: the Python heap's growth by line, written to $FPSEG_HEAP_PROFILE (see heap_probe.py).
+        self._heap = HeapProbe.from_environment()
+        if self._heap is not None:
+            self._heap.start(time.monotonic())
+            self.create_timer(HEAP_TIMER_S, lambda: self._heap.maybe_sample(time.monotonic()), clock=steady)
+            self.get_logger().warning(f"{HEAP_PROFILE_ENV} is set: tracing the Python heap into {self._heap.path} "
+                                      f"every {self._heap.interval_s:.0f} s (slower; for soak runs only)")
         if self.get_parameter("autostart").value and self.trigger_configure() == TransitionCallbackReturn.SUCCESS:
             self.trigger_activate()
 
@@ -407,6 +417,8 @@ class FPSegNode(LifecycleNode):
         """Stop the inference thread (after the frame in progress), free the model, destroy the ROS entities."""
         self._stop()
         self._release()
+        if self._heap is not None:
+            self._heap.close(time.monotonic())
         super().destroy_node()
 
 

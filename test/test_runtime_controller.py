@@ -101,8 +101,9 @@ def test_update_is_all_or_nothing(controller: SegmentationController) -> None:
         controller.update({"classes": ["sky"], "fusion": "vote"})
     with pytest.raises(ValueError, match="score_threshold must be a number in"):
         controller.update({"classes": ["sky"], "score_threshold": 1.5})
-    with pytest.raises(ValueError, match="stats_window must be a positive integer"):
-        controller.update({"classes": ["sky"], "stats_window": 0})
+    for window in (0, 10001):
+        with pytest.raises(ValueError, match=r"stats_window must be an integer in \[1, 10000\]"):
+            controller.update({"classes": ["sky"], "stats_window": window})
     with pytest.raises(ValueError, match="not a run-time setting: checkpoint"):
         controller.update({"classes": ["sky"], "checkpoint": "x.pth"})
     assert controller.active == TINY_CLASSES

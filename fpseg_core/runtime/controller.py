@@ -391,8 +391,9 @@ class SegmentationController:
                 budget = _checked_number("latency_budget_ms", changes["latency_budget_ms"])
             if "stats_window" in changes:
                 window = changes["stats_window"]
-                if isinstance(window, bool) or not isinstance(window, int) or window < 1:
-                    raise ValueError(f"stats_window must be a positive integer, got {window!r}")
+                low, high = PARAMETER_BY_NAME["stats_window"].integer_range
+                if isinstance(window, bool) or not isinstance(window, int) or not low <= window <= high:
+                    raise ValueError(f"stats_window must be an integer in [{low}, {high}], got {window!r}")
             if window is not None:
                 for camera in self._cameras.values():
                     camera.stats.resize(window)

@@ -52,7 +52,7 @@ class RollingStats:
     def resize(self, window: int) -> None:
         """Change the window length (1 to MAX_WINDOW frames), keeping the newest samples."""
         if not 1 <= window <= MAX_WINDOW:
-            raise ValueError(f"the stats window must hold 1 to {MAX_WINDOW} frames, got {window}")
+            raise ValueError(f"the stats window must hold at least 1 frame and at most {MAX_WINDOW}, got {window}")
         with self._lock:
             self._window = int(window)
             self._latencies_ms = deque(self._latencies_ms, maxlen=self._window)
