@@ -76,12 +76,13 @@ class Probe(Node):
         self._interval_latencies: dict[str, list[float]] = {s.camera: [] for s in self.streams}
         self.latest_stats: dict[str, SegmentationStats] = {}
         self.outputs_seen: dict[str, int] = dict.fromkeys((s.camera for s in self.streams), 0)
-        self._publishers = {}
+        self._image_publishers = {}
         self._messages = {}
         self._malformed = {}
         for stream in self.streams:
             # Camera drivers publish sensor data best effort; the node subscribes the same way.
-            self._publishers[stream.camera] = self.create_publisher(Image, stream.image_topic, qos_profile_sensor_data)
+            self._image_publishers[stream.camera] = self.create_publisher(Image, stream.image_topic,
+                                                                          qos_profile_sensor_data)
             self._messages[stream.camera] = fill_image(Image(), frame, "rgb8")
             self._messages[stream.camera].header.frame_id = stream.camera
             bad = fill_image(Image(), frame, "rgb8")
@@ -94,7 +95,7 @@ class Probe(Node):
 
     def connected(self) -> bool:
         """Every input has the node subscribed and every output has the node publishing."""
-        return all(self._publishers[s.camera].get_subscription_count() > 0
+        return all(self._image_publishers[s.camera].get_subscription_count() > 0
                    and self.count_publishers(s.labels_topic) > 0 for s in self.streams)
 
     def measure(self, rate_hz: float, lost_after_s: float) -> None:
@@ -108,7 +109,7 @@ class Probe(Node):
         for stream in self.streams:
             msg = self._malformed[stream.camera] if malformed else self._messages[stream.camera]
             msg.header.stamp.sec, msg.header.stamp.nanosec = divmod(now, NS_PER_S)
-            self._publishers[stream.camera].publish(msg)
+            self._image_publishers[stream.camera].publish(msg)
             if not malformed:
                 with self._lock:
                     if stream.camera in self._measurements:

@@ -111,7 +111,7 @@ class FPSegNode(LifecycleNode):
         self._cameras = camera_names(self.get_parameter("cameras").value) or ("",)
         self._controller: SegmentationController | None = None
         self._outputs: dict[tuple[str, str], Publisher] = {}  # (camera, output) -> publisher
-        self._subscriptions: list[Subscription] = []
+        self._inputs: list[Subscription] = []  # ours; rclpy's Node keeps its own _subscriptions
         self._state = "unconfigured"
         self._configure_failure = ""
         self._worker_died = False
@@ -175,17 +175,17 @@ class FPSegNode(LifecycleNode):
         """Start the inference thread, then subscribe to the images (and, with regions, to the detections)."""
         self._controller.start(self._publish, self._report, self._on_publish_error)
         compressed = self.get_parameter("compressed_input").value
-        self._subscriptions = [self.create_subscription(
+        self._inputs = [self.create_subscription(
             CompressedImage if compressed else Image, _topic(camera, "image/compressed" if compressed else "image"),
             partial(self._controller.submit, camera=camera), qos("input"), qos_overriding_options=QOS_OVERRIDES,
         ) for camera in self._cameras]
         if self._controller.regions is not None:
-            self._subscriptions.append(self.create_subscription(
+            self._inputs.append(self.create_subscription(
                 Detection2DArray, "detections", self._on_detections, qos("detections"),
                 qos_overriding_options=QOS_OVERRIDES,
             ))
         self._state = "active"
-        self.get_logger().info(f"active: reading {', '.join(s.topic_name for s in self._subscriptions)}")
+        self.get_logger().info(f"active: reading {', '.join(s.topic_name for s in self._inputs)}")
         return TransitionCallbackReturn.SUCCESS
 
     def on_deactivate(self, state: LifecycleState) -> TransitionCallbackReturn:
@@ -259,9 +259,9 @@ class FPSegNode(LifecycleNode):
         )
 
     def _stop(self) -> None:
-        for subscription in self._subscriptions:
+        for subscription in self._inputs:
             self.destroy_subscription(subscription)
-        self._subscriptions = []
+        self._inputs = []
         if self._controller is not None and not self._controller.stop(STOP_TIMEOUT_S):
             self.get_logger().error(f"the inference thread did not stop within {STOP_TIMEOUT_S:.0f} s")
 

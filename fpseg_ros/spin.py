@@ -39,8 +39,9 @@ def run_node(
     during start-up gives 0. Under `ros2 launch` Ctrl-C arrives twice (terminal and launch); the second SIGINT
     (or a SIGTERM) must not raise in the main thread while the node finishes its work (the frame in progress,
     the final report), so during shutdown signals are only recorded (DeferredSignals replaces rclpy's C-level
-    handler for good, so it is entered only once spinning is over). A callback raising `NodeFailedError` ends the
-    spin the same way; `exit_code(node)` then says 1.
+    handler for good, so it is entered only once spinning is over; after it the signals stay ignored until the
+    process has exited). A callback raising `NodeFailedError` ends the spin the same way; `exit_code(node)` then
+    says 1.
     """
     rclpy.init(args=args)
     try:
@@ -57,7 +58,8 @@ def run_node(
     except (KeyboardInterrupt, ExternalShutdownException, NodeFailedError):
         pass
     finally:
-        with DeferredSignals(redeliver=False):
+        # restore=False: the process exits next, and a SIGINT during interpreter teardown would kill it (-2).
+        with DeferredSignals(redeliver=False, restore=False):
             shut_down(node)
             rclpy.try_shutdown()
     return exit_code(node)

@@ -186,13 +186,14 @@ class TestRegionClassification(unittest.TestCase):
 
     @staticmethod
     def _polygon(*points: tuple[float, float]) -> Polygon:
-        return Polygon(points=[Point32(x=x, y=y, z=0.0) for x, y in points])
+        # float(): the fields are float32, and Jazzy sends an int as 0.0 unless ROS_PYTHON_CHECK_FIELDS=1
+        return Polygon(points=[Point32(x=float(x), y=float(y), z=0.0) for x, y in points])
 
     @staticmethod
     def _detection(cx: float, cy: float, width: float, height: float) -> Detection2D:
         detection = Detection2D()
-        detection.bbox.center.position.x, detection.bbox.center.position.y = cx, cy
-        detection.bbox.size_x, detection.bbox.size_y = width, height
+        detection.bbox.center.position.x, detection.bbox.center.position.y = float(cx), float(cy)
+        detection.bbox.size_x, detection.bbox.size_y = float(width), float(height)
         return detection
 
     # --------------------------------------------------------------------------------------- tests

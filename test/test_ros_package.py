@@ -280,3 +280,12 @@ def test_fpseg_core_imports_nothing_from_ros(package) -> None:
         imported |= {node.module.split(".")[0] for node in ast.walk(tree)
                      if isinstance(node, ast.ImportFrom) and node.level == 0 and node.module}
         assert not imported & ros_packages, f"{path.relative_to(ROOT)} imports {sorted(imported & ros_packages)}"
+
+
+def test_interface_comments_hold_no_backslash() -> None:
+    """rosidl_adapter turns comments into IDL strings through 'unicode_escape': a backslash at the end of a line
+    stops `colcon build` (seen on Jazzy: "UnicodeDecodeError ... \\ at end of string"), one elsewhere changes
+    the text."""
+    for path in sorted([*ROOT.glob("msg/*.msg"), *ROOT.glob("srv/*.srv")]):
+        for number, line in enumerate(path.read_text(encoding="utf-8").splitlines(), 1):
+            assert "\\" not in line, f"{path.relative_to(ROOT)}:{number}: remove the backslash"

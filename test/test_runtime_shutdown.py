@@ -91,3 +91,36 @@ def test_outside_the_main_thread_the_guard_does_nothing() -> None:
     thread.start()
     thread.join()
     assert outcome == [signal.default_int_handler, []]
+
+
+TEARDOWN_SCRIPT = """
+import atexit, os, signal, sys
+from fpseg_core.runtime.shutdown import DeferredSignals
+signal.signal(signal.SIGINT, signal.default_int_handler)
+# launch's forwarded SIGINT reaching the node while the interpreter is already tearing down
+atexit.register(lambda: os.kill(os.getpid(), signal.SIGINT))
+with DeferredSignals(redeliver=False, restore=sys.argv[1] == "restore"):
+    os.kill(os.getpid(), signal.SIGINT)  # the first Ctrl-C, heard during the node's shutdown
+sys.exit(0)
+"""
+
+
+@pytest.mark.parametrize(("mode", "interrupted"), [("restore", True), ("ignore", False)])
+def test_a_final_guard_keeps_a_late_sigint_from_reaching_the_exiting_process(mode: str, interrupted: bool) -> None:
+    """restore=False (the nodes' final shutdown): a SIGINT while the interpreter tears down is ignored and the
+    exit status stays 0. In the control run the restored handler still takes it (a KeyboardInterrupt inside
+    atexit here; once CPython has reset its handlers to the default action, as for the node in a real Jazzy
+    graph, the same signal kills the process with -2)."""
+    import subprocess
+    import sys
+
+    result = subprocess.run([sys.executable, "-c", TEARDOWN_SCRIPT, mode], capture_output=True, text=True,
+                            timeout=60)
+    assert ("KeyboardInterrupt" in result.stderr) is interrupted, result.stderr
+    if not interrupted:
+        assert result.returncode == 0 and result.stderr == ""
+
+
+def test_redelivery_needs_the_handlers_restored() -> None:
+    with pytest.raises(ValueError, match="restore=True"):
+        DeferredSignals(redeliver=True, restore=False)

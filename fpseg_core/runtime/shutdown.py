@@ -12,6 +12,11 @@ work inside `DeferredSignals`:
 While the block runs in the main thread, SIGINT and SIGTERM are only recorded (`received`); the previous
 handlers are restored when it ends and, with `redeliver`, the first recorded signal is then raised again, so
 the process reacts as if it had arrived just after the block.
+
+A node's final shutdown uses `restore=False`: the process exits right after the block, and a signal that
+arrives during interpreter teardown (launch's forwarded SIGINT often comes that late, seen in a real Jazzy
+graph: the node then died with -2 instead of exiting 0) must not kill it, so the signals stay ignored
+(SIG_IGN) after the block. SIGKILL, launch's last escalation, still ends a process that hangs there.
 """
 
 from __future__ import annotations
@@ -38,8 +43,12 @@ class DeferredSignals:
     work (an inner guard's redelivered signal is recorded by the outer one).
     """
 
-    def __init__(self, redeliver: bool = True, signals: Sequence[int] = DEFERRED_SIGNALS) -> None:
+    def __init__(self, redeliver: bool = True, signals: Sequence[int] = DEFERRED_SIGNALS, restore: bool = True
+                 ) -> None:
+        if redeliver and not restore:
+            raise ValueError("a signal can only be redelivered to the restored handlers (restore=True)")
         self.redeliver = redeliver
+        self.restore = restore
         self.received: list[int] = []
         self._signals = tuple(signals)
         self._previous: dict[int, Any] = {}
@@ -58,7 +67,7 @@ class DeferredSignals:
     def __exit__(self, exc_type: type[BaseException] | None, exc: BaseException | None,
                  traceback: TracebackType | None) -> None:
         for signum, previous in self._previous.items():
-            signal.signal(signum, previous)
+            signal.signal(signum, previous if self.restore else signal.SIG_IGN)
         self._previous.clear()
         if self.redeliver and self.received:
             signal.raise_signal(self.received[0])
