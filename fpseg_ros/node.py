@@ -60,7 +60,8 @@ from fpseg_ros.spin import NodeFailedError, run_node
 from fpseg_ros.srv import ClassifyRegions, LoadPrompts
 
 NODE_NAME = "fpseg"
-DIAGNOSTIC_TASK = "segmentation"  # published as "fpseg: segmentation"
+DIAGNOSTIC_TASK = "segmentation"  # published as "fpseg: segmentation" ("/<namespace>/fpseg: ..." in a namespace)
+DIAGNOSTIC_FQN_PARAMETER = "diagnostic_updater.use_fqn"  # diagnostic_updater's own parameter
 DIAGNOSTIC_LEVELS = {Level.OK: DiagnosticStatus.OK, Level.WARN: DiagnosticStatus.WARN,
                      Level.ERROR: DiagnosticStatus.ERROR}
 LOG_THROTTLE_S = 5.0
@@ -118,6 +119,11 @@ class FPSegNode(LifecycleNode):
         self.add_on_set_parameters_callback(self._on_set_parameters)
         self.create_service(LoadPrompts, "~/load_prompts", self._on_load_prompts)
         self.create_service(ClassifyRegions, "~/classify_regions", self._on_classify_regions)
+        if self.get_namespace() != "/" and not self.has_parameter(DIAGNOSTIC_FQN_PARAMETER):
+            # Two fpseg nodes (e.g. one per robot or camera namespace) would both report "fpseg: segmentation";
+            # diagnostic_updater >= 3.2 then names the status "/<namespace>/fpseg: segmentation" (older ones
+            # ignore the parameter). A launch-time value (-p diagnostic_updater.use_fqn:=false) still wins.
+            self.declare_parameter(DIAGNOSTIC_FQN_PARAMETER, True)
         self._diagnostics = Updater(self)
         self._diagnostics.setHardwareID("none")
         self._diagnostics.add(DIAGNOSTIC_TASK, self._diagnose)

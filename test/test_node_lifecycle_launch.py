@@ -48,7 +48,8 @@ from fpseg_ros.srv import LoadPrompts  # noqa: E402
 NAMESPACE = "fpseg_lifecycle_test"
 NODE = f"/{NAMESPACE}/fpseg"
 IMAGE_TOPIC = f"/{NAMESPACE}/camera/image"
-DIAGNOSTIC_NAME = "fpseg: segmentation"
+# "/<namespace>/fpseg: ..." with diagnostic_updater >= 3.2 (the node asks for it in a namespace); plain before
+DIAGNOSTIC_NAMES = ("fpseg: segmentation", f"/{NAMESPACE}/fpseg: segmentation")
 CLASSES = ["road", "car", "person", "sky"]
 ACTIVE = ["road", "car", "person"]
 EXPECTED_INPUT_HZ = 5.0
@@ -106,7 +107,7 @@ class TestOperatingTheNode(unittest.TestCase):
         cls.node.create_subscription(SegmentationStats, f"{NODE}/stats", cls.stats.append, reliable)
         cls.node.create_subscription(
             DiagnosticArray, "/diagnostics",
-            lambda msg: cls.statuses.extend(s for s in msg.status if s.name == DIAGNOSTIC_NAME), reliable)
+            lambda msg: cls.statuses.extend(s for s in msg.status if s.name in DIAGNOSTIC_NAMES), reliable)
         # A reliable publisher; the node's subscription is best effort unless overridden (test_b reads the QoS
         # it was created with from the graph).
         cls.image_pub = cls.node.create_publisher(Image, IMAGE_TOPIC, reliable)

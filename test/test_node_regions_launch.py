@@ -48,7 +48,8 @@ NAMESPACE = "fpseg_regions_test"
 NODE = f"/{NAMESPACE}/fpseg"
 IMAGE_TOPIC = f"/{NAMESPACE}/camera/image"
 DETECTIONS_IN = f"/{NAMESPACE}/detections"  # the node's relative `detections`, in its namespace
-DIAGNOSTIC_NAME = "fpseg: segmentation"
+# "/<namespace>/fpseg: ..." with diagnostic_updater >= 3.2 (the node asks for it in a namespace); plain before
+DIAGNOSTIC_NAMES = ("fpseg: segmentation", f"/{NAMESPACE}/fpseg: segmentation")
 CACHE_FRAMES = 8  # room for the frames segmented after the one the test asks about
 STREAM_PERIOD_S = 0.1
 QUIET_S = 3.0  # no new ~/stats for this long: the node has segmented everything it received
@@ -122,7 +123,7 @@ class TestRegionClassification(unittest.TestCase):
     def _on_diagnostics(cls, msg: DiagnosticArray) -> None:
         for status in msg.status:
             values = {kv.key: kv.value for kv in status.values}
-            if status.name == DIAGNOSTIC_NAME and "encoder passes" in values:
+            if status.name in DIAGNOSTIC_NAMES and "encoder passes" in values:
                 cls.passes.append((time.monotonic(), values["encoder passes"]))
 
     # ------------------------------------------------------------------------------------- helpers
