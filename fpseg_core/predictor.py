@@ -34,7 +34,7 @@ class Segmentation:
     asked for, the confidence image (H x W uint8, round(255 * probability of the winning class), 0 = none) and
     the encoder's image embedding ([1, 256, h, w] on the model's device) with the Geometry of the image in the
     encoder input, for more queries on the same encoder pass (e.g. region classification). `batch_size`: the
-    images encoded in the same pass (`FPSeg.segment_batch`; 1 for `segment`)."""
+    images segmented together (`FPSeg.segment_batch`; 1 for `segment`)."""
 
     labels: np.ndarray
     classes: list[str]
@@ -253,10 +253,11 @@ class FPSeg:
         """`segment` for several images (of any sizes) with the same classes, e.g. one frame of each camera.
 
         The images are encoded in one pass where the backend encodes batches (`batch_encoding`: the torch
-        backend), one after the other otherwise (exported graphs and engines take one image); decoding and
+        backend on CUDA), one after the other otherwise (on the CPU a batch gains nothing; exported graphs and
+        engines take one image); decoding and
         post-processing are per image. Each result's `timings_ms` has its own preprocess, decoder and
-        postprocess times and the encoder time of the whole pass (what the frame waited for); `batch_size` is
-        the number of images encoded together. Labels equal `segment`'s for each image."""
+        postprocess times and the encoder time of all the images (what the frame waited for); `batch_size` is
+        the number of images segmented together. Labels equal `segment`'s for each image."""
         if len(images) != len(color_orders) or not images:
             raise ValueError(f"segment_batch needs one colour order per image and at least one image, got "
                              f"{len(images)} image(s) and {len(color_orders)} colour order(s)")

@@ -62,6 +62,10 @@ READY_TIMEOUT_S = 300.0  # model loading on a small CPU
 STOP_TIMEOUT_S = 60.0
 PAUSE_S = 2.0  # between trials: the node finishes what it holds
 RESULTS = Path("benchmarks/results")
+# What decides how frames travel (recorded in the report): e.g. Fast DDS needs config/fastdds_shm.xml for
+# camera-sized best-effort frames between processes.
+MIDDLEWARE_ENV = ("ROS_DISTRO", "RMW_IMPLEMENTATION", "FASTRTPS_DEFAULT_PROFILES_FILE", "CYCLONEDDS_URI",
+                  "ROS_AUTOMATIC_DISCOVERY_RANGE", "ROS_LOCALHOST_ONLY")
 
 
 # ---------------------------------------------------------------------------------------------- the probe
@@ -460,6 +464,7 @@ def run(args: argparse.Namespace, say: Callable[[str], None] = print) -> list[Pa
                     "parameters": {k: v for k, v in parameters.items() if k != "checkpoint"},
                     "weights": f"random {args.random_weights}" if args.random_weights else str(args.checkpoint),
                     "node_env": {item.partition("=")[0]: item.partition("=")[2] for item in args.node_env},
+                    "middleware": {name: os.environ.get(name) for name in MIDDLEWARE_ENV},
                     "command": " ".join(sys.argv)}
         log_dir = Path(args.out) / "logs"
         log_dir.mkdir(parents=True, exist_ok=True)

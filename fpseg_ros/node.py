@@ -316,7 +316,10 @@ class FPSegNode(LifecycleNode):
                 self.get_logger().info(update.message)
                 # Keep the parameter in step with the active classes; its callback re-validates them and
                 # republishes ~/label_info for the new bank.
-                self.set_parameters([Parameter("classes", Parameter.Type.STRING_ARRAY, update.active)])
+                (result,) = self.set_parameters([Parameter("classes", Parameter.Type.STRING_ARRAY, update.active)])
+                if not result.successful:  # the bank is loaded; only the parameter could not follow
+                    self.get_logger().warning(f"the classes parameter could not follow the loaded bank: "
+                                              f"{result.reason}")
             else:
                 self.get_logger().warning(f"load_prompts refused: {update.message}")
             return update

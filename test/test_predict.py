@@ -197,6 +197,8 @@ def test_segment_batch_equals_segment_per_image_in_one_encoder_pass(tiny_model) 
     orders = ["rgb", "bgr", "rgb"]
     singles = [tiny_model.segment(image, ["sky", "car"], color_order=order, confidence=True)
                for image, order in zip(images, orders, strict=True)]
+    assert not tiny_model.backend.batch_encoding  # on the CPU a batch gains nothing: torch batches on CUDA only
+    tiny_model.backend.batch_encoding = True  # the CUDA path's batching, checked on the CPU
     encoded: list[int] = []
     encode = tiny_model.backend.encode
     tiny_model.backend.encode = lambda x: encoded.append(x.shape[0]) or encode(x)
@@ -216,7 +218,7 @@ def test_backends_without_batches_encode_one_image_at_a_time(tiny_model) -> None
     encoded: list[int] = []
     encode = tiny_model.backend.encode
     tiny_model.backend.encode = lambda x: encoded.append(x.shape[0]) or encode(x)
-    tiny_model.backend.batch_encoding = False  # as the ONNX Runtime, OpenVINO and TensorRT backends
+    assert not tiny_model.backend.batch_encoding  # torch on the CPU, like the ONNX Runtime, OpenVINO, TensorRT
     images = [np.zeros((20, 20, 3), np.uint8), np.ones((20, 20, 3), np.uint8)]
     assert [r.batch_size for r in tiny_model.segment_batch(images, ["rgb", "rgb"])] == [2, 2]
     assert encoded == [1, 1]

@@ -45,7 +45,8 @@ class Backend(Protocol):
     """What `FPSeg` needs from an inference engine (see the module docstring for shapes)."""
 
     name: str
-    # encode() takes a batch [B, 3, S, S] (B > 1); the exported graphs and engines take one image
+    # encode() takes a batch [B, 3, S, S] (B > 1) and gains from it: torch on CUDA; the exported graphs and
+    # engines take one image
     batch_encoding: bool
 
     def encode(self, image: torch.Tensor) -> torch.Tensor: ...

@@ -23,13 +23,15 @@ class TorchBackend:
     """
 
     name = "torch"
-    batch_encoding = True
 
     def __init__(self, model: FPSegModel, device: torch.device, dtype: str = "fp32", class_chunk: int = 8) -> None:
         require_choice("dtype", dtype, DTYPE_NAMES)
         if dtype == "fp16" and device.type != "cuda":
             raise ValueError("dtype fp16 needs a CUDA device; on CPU use bf16 (or fp32)")
         self.device = device
+        # Batches only on the GPU: on 2 CPU cores a MobileSAM batch of two took as long as two single passes and
+        # raised the node's peak RSS by 30 % (fpseg_graph_benchmark, benchmarks/results/*_graph.json).
+        self.batch_encoding = device.type == "cuda"
         self.dtype = DTYPES[dtype]
         if self.dtype != torch.float32:
             model = copy.deepcopy(model).to(device=device, dtype=self.dtype)

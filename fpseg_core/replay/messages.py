@@ -44,7 +44,8 @@ std_msgs/Header header
 string camera
 # Frames of this camera segmented since the node started (the first is 1).
 uint64 frame
-# Images encoded in the same encoder pass as this one (the waiting frames of several cameras; 1 otherwise).
+# Frames segmented together with this one (the waiting frames of several cameras, encoded as one batch on a
+# GPU, one after the other on the CPU; 1 otherwise).
 uint32 batch_size
 # Classes segmented in this frame, in priority order.
 string[] classes
