@@ -242,8 +242,8 @@ def _trial(probe: Probe, nodes: NodeProcesses, rate_hz: float, args: argparse.Na
         start = time.monotonic()
         time.sleep(args.duration)
     duration = time.monotonic() - start
+    sampler.stop()  # CPU and memory while frames came in, not while the last outputs drain
     time.sleep(args.lost_after)  # the last frames' outputs have their time
-    sampler.stop()
     cameras = probe.summaries(duration)
     nodes.check_running()
     time.sleep(PAUSE_S)

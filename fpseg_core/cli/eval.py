@@ -18,7 +18,9 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         "eval", help="binary IoU and Cityscapes mIoU of a checkpoint + prompt bank on a split",
         description="Evaluate a checkpoint and prompt bank on a dataset split: the paper's class-wise binary "
                     "IoU, and on Cityscapes the 19-class mIoU as cityscapesScripts computes it. Uses "
-                    "precomputed --embeddings, or encodes the split into <out>/embeddings first. Writes "
+                    "precomputed --embeddings, or encodes the split into <out>/embeddings first. --backend / "
+                    "--dtype run the network elsewhere than torch fp32 (the reference), encoding the split with "
+                    "that backend, to measure a runtime's or a precision's cost before switching. Writes "
                     "results.json, results.md and confusion.png to --out (refused where a report exists, unless "
                     "--overwrite).",
     )
@@ -39,5 +41,6 @@ def run(args: argparse.Namespace) -> int:
     binary = result.get("binary_iou")
     if binary and binary["mean"] is not None:
         print(f"class-wise binary IoU: {100 * binary['mean']:.2f} ({len(binary['per_class'])} classes)")
+    print(f"network: backend {result['backend']}, dtype {result['dtype']}")
     print(f"report: {config.out}/results.md")
     return 0
