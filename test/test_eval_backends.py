@@ -142,7 +142,7 @@ def test_int8_runs_a_quantized_folder_and_reports_its_precision(setup: Setup, ca
     ws = setup.ws
     assert fpseg("eval", "--data", ws.data, "--checkpoint", ws.checkpoint, "--out", ws.root / "refused",
                  "--backend", "onnxruntime", "--engine-dir", quantized, *QUICK_EVAL) == 2
-    assert "which backend onnxruntime cannot run" in capsys.readouterr().err
+    assert "which backend onnxruntime cannot use" in capsys.readouterr().err
     assert not (ws.root / "refused" / "results.json").exists()
 
 

@@ -88,10 +88,22 @@ def test_auto_picks_openvino_for_a_quantized_folder(quantized: Quantized) -> Non
 
 def test_other_backends_and_dtypes_are_refused(quantized: Quantized) -> None:
     model, tokens = copy.deepcopy(quantized.model), bank(quantized.model)
-    with pytest.raises(ExportError, match="backend onnxruntime cannot run"):
+    with pytest.raises(ExportError, match="backend onnxruntime cannot use"):
         FPSeg(model, tokens, backend="onnxruntime", engine_dir=quantized.int8)
     with pytest.raises(ExportError, match="run it with dtype int8"):
         FPSeg(model, tokens, backend="openvino", engine_dir=quantized.int8, dtype="fp32")
+
+
+def test_engine_builds_and_export_checks_refuse_a_quantized_folder(quantized: Quantized, tmp_path: Path) -> None:
+    """Both read ONNX graphs; a quantized folder holds OpenVINO IR: refused, naming the fp32 export to pass."""
+    from fpseg_core.backends.onnxruntime_backend import verify_export
+    from fpseg_core.backends.tensorrt_backend import build_engines
+
+    with pytest.raises(ExportError, match=r"fpseg build-engine.*cannot use.*fp32 `fpseg export-onnx` folder"):
+        build_engines(quantized.int8, tmp_path / "engines")
+    with pytest.raises(ExportError, match=r"--verify.*cannot use"):
+        verify_export(quantized.int8, quantized.model)
+    assert not (tmp_path / "engines").exists()
 
 
 def test_another_model_is_refused(quantized: Quantized) -> None:

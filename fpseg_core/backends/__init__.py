@@ -30,7 +30,7 @@ import torch
 from ..artifacts import ENGINE_SIDECAR, SIDECAR, ExportError, ModelIdentity, has_engines, has_onnx_export
 from ..constants import BACKENDS, DEVICE_FORMS, DEVICE_PATTERN
 from ..errors import FPSegError
-from ..export.quantize import QUANTIZED_DTYPES, is_quantized
+from ..export.quantize import QUANTIZED_DTYPES, is_quantized, quantized_refusal
 from ..modeling.fpseg import FPSegModel
 from .cpu_memory import keep_freed_memory
 
@@ -170,9 +170,7 @@ def create_backend(
         return OpenVinoBackend(Path(engine_dir), device, identity,
                                dtype=QUANTIZED_DTYPES[0] if name == "auto" else dtype)
     if quantized_folder(Path(engine_dir)):
-        raise ExportError(f"{engine_dir} holds an `fpseg quantize` folder (OpenVINO IR, int8), which backend "
-                          f"{chosen} cannot run; use backend auto (or openvino with dtype int8), or pass the "
-                          "fp32 `fpseg export-onnx` folder it was made from")
+        raise quantized_refusal(engine_dir, f"backend {chosen}")
     if dtype != "fp32":
         raise ValueError(f"dtype {dtype!r} applies to the torch and openvino backends; for {chosen} it is fixed at "
                          "export / engine build time (build-engine --fp16)")

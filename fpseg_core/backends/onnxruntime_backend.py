@@ -9,6 +9,7 @@ import torch
 
 from ..artifacts import ExportError, ModelIdentity, check_model, check_prompt_size, read_sidecar
 from ..errors import FPSegError
+from ..export.quantize import is_quantized, quantized_refusal
 from ..modeling.build import EMBED_DIM
 from ..modeling.fpseg import FPSegModel
 
@@ -83,6 +84,8 @@ def verify_export(folder: str | Path, model: FPSegModel, class_counts: tuple[int
 
     folder = Path(folder)
     sidecar = read_sidecar(folder)
+    if is_quantized(sidecar):
+        raise quantized_refusal(folder, "`fpseg export-onnx --verify` (ONNX Runtime against torch)")
     for entry in sidecar["files"].values():
         onnx.checker.check_model(str(folder / entry["name"]), full_check=True)
     backend = OnnxRuntimeBackend(folder, torch.device("cpu"), ModelIdentity.of(model, sidecar["input_mode"]),

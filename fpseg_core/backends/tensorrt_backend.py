@@ -44,6 +44,7 @@ from ..artifacts import (
     read_sidecar,
 )
 from ..errors import FPSegError
+from ..export.quantize import is_quantized, quantized_refusal
 from ..files import atomic_write_bytes, atomic_write_text
 
 LOGGER = logging.getLogger("fpseg")
@@ -253,6 +254,8 @@ def build_engines(
     """
     onnx_dir, out_dir = Path(onnx_dir), Path(out_dir)
     sidecar = read_sidecar(onnx_dir)
+    if is_quantized(sidecar):
+        raise quantized_refusal(onnx_dir, "`fpseg build-engine` (TensorRT builds from ONNX graphs)")
     if fp16 and fp16 not in FP16_SCOPES:
         raise ValueError(f"fp16 must be one of {', '.join(FP16_SCOPES)} or None, got {fp16!r}")
     if not 1 <= max_classes <= sidecar["max_classes"]:

@@ -56,6 +56,14 @@ def is_quantized(sidecar: Mapping[str, Any]) -> bool:
     return QUANTIZED_KEY in sidecar
 
 
+def quantized_refusal(folder: str | Path, user: str) -> ExportError:
+    """The error for an `fpseg quantize` folder handed to `user` (a backend, a build or a check): only OpenVINO
+    runs its IR graphs, so `user` needs the fp32 export it was made from."""
+    return ExportError(f"{folder} holds an `fpseg quantize` folder (OpenVINO IR, int8), which {user} cannot use; "
+                       "run it with backend auto (or openvino with dtype int8), or pass the fp32 `fpseg export-onnx` "
+                       "folder it was made from")
+
+
 def graph_precisions(sidecar: Mapping[str, Any]) -> dict[str, str]:
     """The recorded precision of each graph of a quantized folder; ExportError where it is malformed."""
     precision = sidecar.get(QUANTIZED_KEY)
