@@ -491,7 +491,7 @@ def _memory_ratios(done: list[dict[str, Any]]) -> dict[str, Any]:
 
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
-    rclpy.init()
+    rclpy.init(args=[])  # our own arguments (e.g. --param engine_dir:=DIR) are not ROS arguments
     try:
         for path in run(args):
             print(f"wrote {path}")

@@ -163,7 +163,7 @@ def _draw_sweep(figure: Any, document: Mapping[str, Any]) -> None:
             bound = " (search limit)" if peak.get("limited_by_search_range") else ""
             for axes in (latency_axes, loss_axes):
                 axes.axvline(peak["peak_rate_hz"], color=colour, linestyle=":",
-                             label=f"peak {configuration['name']}: {peak['peak_rate_hz']:.1f} Hz{bound}"
+                             label=f"peak {configuration['name']}: {peak['peak_rate_hz']:.2g} Hz{bound}"
                              if axes is loss_axes else None)
         if peak.get("max_loss") is not None:
             thresholds.add(100.0 * peak["max_loss"])
