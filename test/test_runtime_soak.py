@@ -354,7 +354,7 @@ def test_rolling_stats_holds_at_most_its_window() -> None:
         summary = stats.add(float(i), float(i))
     assert summary.frames == 50 and summary.latency_max_ms == 499.0
     stats.resize(MAX_WINDOW)
-    with pytest.raises(ValueError, match=rf"stats_window must be an integer in \[1, {MAX_WINDOW}\]"):
+    with pytest.raises(ValueError, match=f"at most {MAX_WINDOW}"):
         stats.resize(MAX_WINDOW + 1)
     assert stats.window == MAX_WINDOW and stats.summary().frames == 50
 
