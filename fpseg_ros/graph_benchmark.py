@@ -28,7 +28,8 @@ import sys
 import tempfile
 import threading
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
+from contextlib import contextmanager
 from functools import partial
 from pathlib import Path
 from typing import Any
@@ -266,17 +267,30 @@ def _line(name: str, entry: dict[str, Any]) -> str:
             f"RSS {process['rss_mib_max'] or 0:.0f} MiB")
 
 
-def _sweep(configuration: Configuration, frame: np.ndarray, args: argparse.Namespace, log_dir: Path,
-           env: dict[str, str], say: Callable[[str], None]) -> dict[str, Any]:
+@contextmanager
+def _running(configuration: Configuration, frame: np.ndarray, log_dir: Path, env: dict[str, str],
+             say: Callable[[str], None], exit_codes: list[int | None]) -> Iterator[tuple[Probe, NodeProcesses]]:
+    """The configuration's nodes started and the probe spinning, both ready; on exit the nodes are stopped
+    (their exit codes appended to `exit_codes`) and the probe destroyed."""
     nodes = NodeProcesses(configuration, log_dir, env)
     probe = Probe(configuration.streams, frame)
     executor = SingleThreadedExecutor()
     executor.add_node(probe)
-    spinner = threading.Thread(target=executor.spin, daemon=True)
-    spinner.start()
-    rates: list[dict[str, Any]] = []
+    threading.Thread(target=executor.spin, daemon=True).start()
     try:
         _wait_ready(probe, nodes, say)
+        yield probe, nodes
+    finally:
+        exit_codes += nodes.stop()
+        executor.shutdown()
+        probe.destroy_node()
+
+
+def _sweep(configuration: Configuration, frame: np.ndarray, args: argparse.Namespace, log_dir: Path,
+           env: dict[str, str], say: Callable[[str], None]) -> dict[str, Any]:
+    rates: list[dict[str, Any]] = []
+    codes: list[int | None] = []
+    with _running(configuration, frame, log_dir, env, say, codes) as (probe, nodes):
 
         def measure(rate_hz: float) -> float:
             rates.append(_trial(probe, nodes, rate_hz, args))
@@ -286,10 +300,6 @@ def _sweep(configuration: Configuration, frame: np.ndarray, args: argparse.Names
         for rate in args.rates:
             measure(rate)
         peak = find_peak_rate(measure, args.peak_low, args.peak_high, args.max_loss, args.peak_steps)
-    finally:
-        codes = nodes.stop()
-        executor.shutdown()
-        probe.destroy_node()
     say(f"{configuration.name}: peak {peak.peak_rate_hz} Hz; node exit codes {codes}")
     return {"name": configuration.name, "cameras": len(configuration.streams), "nodes": len(configuration.nodes),
             "rates": rates, "peak": peak.to_dict(), "exit_codes": codes}
@@ -297,15 +307,10 @@ def _sweep(configuration: Configuration, frame: np.ndarray, args: argparse.Names
 
 def _soak(configuration: Configuration, frame: np.ndarray, args: argparse.Namespace, log_dir: Path,
           env: dict[str, str], say: Callable[[str], None]) -> tuple[SoakRecorder, dict[str, Any]]:
-    nodes = NodeProcesses(configuration, log_dir, env)
-    probe = Probe(configuration.streams, frame)
-    executor = SingleThreadedExecutor()
-    executor.add_node(probe)
-    threading.Thread(target=executor.spin, daemon=True).start()
     recorder = SoakRecorder(warmup_s=args.soak_warmup_minutes * 60.0, window_s=args.soak_window_minutes * 60.0)
-    processes = [psutil.Process(pid) for pid in nodes.pids]
-    try:
-        _wait_ready(probe, nodes, say)
+    codes: list[int | None] = []
+    with _running(configuration, frame, log_dir, env, say, codes) as (probe, nodes):
+        processes = [psutil.Process(pid) for pid in nodes.pids]
         probe.measure(args.soak_rate, args.lost_after)
         start = time.monotonic()
         end = start + args.soak_minutes * 60.0
@@ -328,10 +333,6 @@ def _soak(configuration: Configuration, frame: np.ndarray, args: argparse.Namesp
         duration = time.monotonic() - start
         time.sleep(args.lost_after)
         cameras = probe.summaries(duration)
-    finally:
-        codes = nodes.stop()
-        executor.shutdown()
-        probe.destroy_node()
     return recorder, {"cameras": cameras, "exit_codes": codes}
 
 

@@ -578,7 +578,7 @@ class SegmentationController:
             latency_p95_ms=window.latency_p95_ms,
             latency_max_ms=window.latency_max_ms,
             throughput_hz=window.throughput_hz,
-            dropped_frames=self.dropped_by_camera[frame.camera],
+            dropped_frames=counters.dropped_before + (self._worker.dropped_of(frame.camera) if self._worker else 0),
             rejected_frames=counters.rejected,
             failed_frames=counters.failed,
         )

@@ -117,6 +117,10 @@ class LatestFrameWorker(Generic[T]):
         with self._condition:
             return dict(self._slots.dropped)
 
+    def dropped_of(self, source: str) -> int:
+        """`dropped` for one source (a plain read: no copy, no lock; the per-frame stats use it)."""
+        return self._slots.dropped[source]
+
     @property
     def processed(self) -> int:
         """Items the handler has finished (successfully or not)."""
