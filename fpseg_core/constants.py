@@ -27,6 +27,9 @@ BACKENDS = ("auto", "torch", "onnxruntime", "tensorrt", "openvino")
 
 # Numeric precisions of the torch backend.
 DTYPE_NAMES = ("fp32", "bf16", "fp16")
+QUANTIZED_DTYPES = ("int8",)  # precisions of an `fpseg quantize` folder, which OpenVINO runs
+# Every precision some backend runs: `--dtype` of `fpseg eval`, `benchmark` and `compare-precision`.
+RUNTIME_DTYPES = (*DTYPE_NAMES, *QUANTIZED_DTYPES)
 
 # Devices the library runs on: 'auto' takes a CUDA GPU where torch can use one, else the CPU.
 DEVICE_PATTERN = re.compile(r"auto|cpu|cuda(:\d+)?|mps")

@@ -45,6 +45,17 @@ class Segmentation:
     batch_size: int = 1
 
 
+@dataclass
+class NetworkOutputs:
+    """One image through the backend, on the pipeline's device: `embedding` [1, 256, S/16, S/16] (the
+    encoder's), `low_res` [N, S/4, S/4] (the decoder's logits) and `logits` [N, H, W] (post-processed to the
+    input size as published FPSeg does), for the N classes asked for, in their order."""
+
+    embedding: torch.Tensor
+    low_res: torch.Tensor
+    logits: torch.Tensor
+
+
 class _StageTimer:
     def __init__(self, device: torch.device) -> None:
         self.device = device
@@ -214,14 +225,22 @@ class FPSeg:
         rgb = image if isinstance(image, torch.Tensor) else to_rgb(image, color_order)
         return preprocess(rgb, self.img_size, self.input_mode, self.device)
 
-    @torch.inference_mode()
     def class_logits(self, image: np.ndarray, class_ids: Sequence[int], color_order: ColorOrder = "rgb"
                      ) -> torch.Tensor:
         """Per-class logits [N, H, W] at the input size, post-processed exactly as published FPSeg does."""
+        return self.network_outputs(image, class_ids, color_order).logits
+
+    @torch.inference_mode()
+    def network_outputs(self, image: np.ndarray, class_ids: Sequence[int], color_order: ColorOrder = "rgb"
+                        ) -> NetworkOutputs:
+        """What the backend computes for one image and the bank rows `class_ids`, before any fusion: the
+        embedding, the low-resolution logits and the logits at input size (see `NetworkOutputs`); for
+        comparing backends and precisions (`fpseg compare-precision`)."""
         x, geometry = self._prepare(image, color_order)
         self.encoder_passes += 1
-        low_res = self.backend.decode(self.backend.encode(x), self._prompts[list(class_ids)])
-        return postprocess_logits(low_res, geometry)[0]
+        embedding = self.backend.encode(x)
+        low_res = self.backend.decode(embedding, self._prompts[list(class_ids)])
+        return NetworkOutputs(embedding, low_res[0], postprocess_logits(low_res, geometry)[0])
 
     def segment(
         self,

@@ -18,9 +18,7 @@ from training_workspace import Workspace, fpseg, make_workspace, tiny_checkpoint
 
 from fpseg_core import load_checkpoint
 from fpseg_core.backends.openvino_backend import INSTALL_HINT
-from fpseg_core.cli.benchmark import BENCHMARK_DTYPES
 from fpseg_core.data.embeddings import EmbeddingStore
-from fpseg_core.evaluation.config import EVAL_DTYPES
 from fpseg_core.export.onnx_export import export_onnx
 from fpseg_core.export.quantize import quantize_export
 
@@ -212,6 +210,3 @@ def test_missing_openvino_names_the_extra(setup: Setup, monkeypatch: pytest.Monk
     assert INSTALL_HINT in err and "backend openvino needs the openvino package" in err
     assert len(err.strip().splitlines()) == 1
 
-
-def test_eval_takes_the_dtypes_benchmark_takes() -> None:
-    assert EVAL_DTYPES == BENCHMARK_DTYPES

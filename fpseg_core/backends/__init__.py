@@ -28,9 +28,9 @@ from typing import Protocol
 import torch
 
 from ..artifacts import ENGINE_SIDECAR, SIDECAR, ExportError, ModelIdentity, has_engines, has_onnx_export
-from ..constants import BACKENDS, DEVICE_FORMS, DEVICE_PATTERN
+from ..constants import BACKENDS, DEVICE_FORMS, DEVICE_PATTERN, QUANTIZED_DTYPES
 from ..errors import FPSegError
-from ..export.quantize import QUANTIZED_DTYPES, is_quantized, quantized_refusal
+from ..export.quantize import is_quantized, quantized_refusal
 from ..modeling.fpseg import FPSegModel
 from .cpu_memory import keep_freed_memory
 

@@ -33,20 +33,17 @@ from tqdm import tqdm
 
 from .._version import __version__
 from ..backends.cpu_memory import keep_freed_memory
-from ..constants import DEVICE_FORMS, DTYPE_NAMES, FUSIONS
-from ..export.quantize import QUANTIZED_DTYPES
+from ..constants import DEVICE_FORMS, FUSIONS, QUANTIZED_DTYPES, RUNTIME_DTYPES
 from ..files import atomic_path, atomic_write_text, check_output
 from ..jobs.options import device_type
 from ..modeling.build import ENCODERS, FPSegConfig, tiny_config
 from ..predictor import STAGES, FPSeg, Segmentation
-from .common import add_backend_arguments, add_overwrite_argument
+from .common import REFERENCE_BACKENDS, add_backend_arguments, add_overwrite_argument
 
 RANDOM_NOTE = "random weights (timing only; labels are meaningless)"
 TOTAL = "total"
 REFERENCE = "fp32_reference"
-REFERENCES = ("onnxruntime", "openvino", "torch")
 EXPORTED_BACKENDS = ("onnxruntime", "tensorrt", "openvino")  # what runs an export folder
-BENCHMARK_DTYPES = (*DTYPE_NAMES, *QUANTIZED_DTYPES)
 
 
 def register(subparsers: argparse._SubParsersAction) -> None:
@@ -60,9 +57,9 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     parser.add_argument("--tiny", action="store_true", help="a tiny random network (smoke tests)")
     parser.add_argument("--device", type=device_type, default="cpu", help=f"{DEVICE_FORMS} (default: cpu)")
     add_backend_arguments(parser)
-    parser.add_argument("--dtype", choices=BENCHMARK_DTYPES, default="fp32",  # replaces the shared --dtype
+    parser.add_argument("--dtype", choices=RUNTIME_DTYPES, default="fp32",  # replaces the shared --dtype
                         help="torch: fp32 / bf16 / fp16; openvino: fp32 / bf16 / int8 (an `fpseg quantize` folder)")
-    parser.add_argument("--reference", choices=REFERENCES,
+    parser.add_argument("--reference", choices=REFERENCE_BACKENDS,
                         help="with --dtype other than fp32: the backend timed at fp32 on the same weights, for "
                              "the speed-up and the label agreement (default: torch for --backend torch, else "
                              "onnxruntime)")

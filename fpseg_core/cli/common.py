@@ -16,6 +16,8 @@ from ..modeling.build import ENCODERS, tiny_config
 from ..predictor import FPSeg
 from ..weights import REGISTRY, resolve_checkpoint
 
+# The backends an fp32 reference runs on (`benchmark`, `compare-precision`).
+REFERENCE_BACKENDS = ("onnxruntime", "openvino", "torch")
 RANDOM_WARNING = "WARNING: --random-weights: the network is random, its labels mean nothing (smoke tests / timing)"
 
 

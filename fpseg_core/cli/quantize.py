@@ -6,12 +6,12 @@ import argparse
 from pathlib import Path
 
 from ..artifacts import check_outputs
+from ..constants import QUANTIZED_DTYPES
 from ..export.quantize import (
     DECODER_PRECISIONS,
     DEFAULT_DECODER_PRECISION,
     DEFAULT_SUBSET_SIZE,
     QUANTIZE_OUTPUTS,
-    QUANTIZED_DTYPES,
     quantize_export,
 )
 from .common import add_overwrite_argument, check_output_folder

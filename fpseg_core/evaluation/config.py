@@ -4,14 +4,10 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 
-from ..constants import BACKENDS, DTYPE_NAMES
+from ..constants import BACKENDS, RUNTIME_DTYPES
 from ..data.sampling import P_NEG_MAX
-from ..export.quantize import QUANTIZED_DTYPES
 from ..jobs.options import doc, option
 
-# What `fpseg eval --dtype` accepts: the torch precisions plus int8 (an `fpseg quantize` folder on OpenVINO),
-# composed from the same constants as `fpseg benchmark --dtype`.
-EVAL_DTYPES = (*DTYPE_NAMES, *QUANTIZED_DTYPES)
 # The reference evaluation: the checkpoint itself in PyTorch at fp32 (what `fpseg eval` always ran).
 REFERENCE_BACKEND, REFERENCE_DTYPE = "torch", "fp32"
 
@@ -48,7 +44,7 @@ class EvalConfig:
                                              "(no --embeddings) into <out>/embeddings-<backend>-<dtype>[-<export>]")
     engine_dir: str | None = option(None, "folder written by `fpseg export-onnx` (and `fpseg build-engine`), or "
                                           "by `fpseg quantize` for dtype int8; for every backend but torch")
-    dtype: str = option(REFERENCE_DTYPE, f"precision, one of {', '.join(EVAL_DTYPES)}: torch fp32 / bf16 / fp16 "
+    dtype: str = option(REFERENCE_DTYPE, f"precision, one of {', '.join(RUNTIME_DTYPES)}: torch fp32 / bf16 / fp16 "
                                          "(fp16 on CUDA), openvino fp32 / bf16, or int8 on an `fpseg quantize` "
                                          "folder; onnxruntime and tensorrt take fp32 (their precision is the "
                                          "export's / engine's)")

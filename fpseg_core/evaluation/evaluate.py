@@ -33,14 +33,14 @@ from ..artifacts import ENGINE_SIDECAR, SIDECAR
 from ..backends import Backend, choose_backend, create_backend
 from ..checkpoint import load_checkpoint
 from ..cityscapes_labels import BANK33, TRAIN_ID_NAMES
-from ..constants import BACKENDS, require_choice
+from ..constants import BACKENDS, QUANTIZED_DTYPES, RUNTIME_DTYPES, require_choice
 from ..data import open_dataset
 from ..data.cityscapes_dataset import CityscapesDataset
 from ..data.embeddings import EmbeddingStore, encoder_fingerprint
 from ..data.precompute import create_store, encode_splits
 from ..data.sampling import ClassWiseSamples, draw_pairs
 from ..errors import FPSegError, PromptBankError
-from ..export.quantize import QUANTIZE_COMMAND, QUANTIZED_DTYPES
+from ..export.quantize import QUANTIZE_COMMAND
 from ..fusion import fuse
 from ..jobs.distributed import DistContext, init_distributed
 from ..modeling.build import FPSegConfig
@@ -48,7 +48,7 @@ from ..modeling.fpseg import FPSegModel
 from ..preprocess import Geometry, postprocess_logits
 from ..prompt_bank import PromptBank, decoder_fingerprint
 from .binary import evaluate_binary_iou
-from .config import EVAL_DTYPES, REFERENCE_BACKEND, REFERENCE_DTYPE, EvalConfig
+from .config import REFERENCE_BACKEND, REFERENCE_DTYPE, EvalConfig
 from .metrics import CityscapesConfusion, bank_labels_to_label_ids, write_png, write_report
 
 EVAL_STREAM = 2_000_003  # seeds the sampled binary-IoU examples
@@ -134,7 +134,7 @@ def check_network_options(config: EvalConfig, device: torch.device) -> bool:
     or mismatched export, openvino not installed, int8 on a plain export) come when the backend is created.
     """
     require_choice("backend", config.backend, BACKENDS)
-    require_choice("dtype", config.dtype, EVAL_DTYPES)
+    require_choice("dtype", config.dtype, RUNTIME_DTYPES)
     if config.backend == "torch" and config.engine_dir is not None:
         raise ValueError(f"engine_dir {config.engine_dir} is run by the other backends, not by backend torch (the "
                          "checkpoint itself); pass --backend onnxruntime, tensorrt, openvino or auto, or no "

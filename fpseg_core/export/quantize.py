@@ -42,7 +42,6 @@ QUANTIZED_KEY = "precision"
 GRAPH_PRECISIONS = ("fp32", "bf16", "int8")
 DECODER_PRECISIONS = GRAPH_PRECISIONS
 DEFAULT_DECODER_PRECISION = "fp32"
-QUANTIZED_DTYPES = ("int8",)
 DEFAULT_SUBSET_SIZE = 300
 IR_FILES = {"encoder": ("encoder.xml", "encoder.bin"), "decoder": ("decoder.xml", "decoder.bin")}
 QUANTIZE_OUTPUTS = (SIDECAR, *(name for pair in IR_FILES.values() for name in pair))
