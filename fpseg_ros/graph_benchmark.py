@@ -54,6 +54,7 @@ from fpseg_core.graph_benchmark import (
     write_soak_report,
 )
 from fpseg_core.graph_benchmark.plan import CONFIGURATIONS, Configuration, Stream, configurations
+from fpseg_core.jobs.options import image_size_type
 from fpseg_core.runtime.heap_probe import HEAP_PROFILE_ENV
 from fpseg_core.runtime.image_codec import fill_image
 from fpseg_ros.msg import SegmentationStats
@@ -347,14 +348,6 @@ def _rate_list(text: str) -> list[float]:
     return rates
 
 
-def _size(text: str) -> tuple[int, int]:
-    try:
-        height, width = (int(v) for v in text.lower().split("x"))
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"image size is HEIGHTxWIDTH, e.g. 512x1024; got {text!r}") from None
-    return height, width
-
-
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="fpseg_graph_benchmark", description=__doc__.split("\n\n")[0],
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
@@ -374,7 +367,7 @@ def build_parser() -> argparse.ArgumentParser:
     run.add_argument("--configurations", default=",".join(CONFIGURATIONS),
                      help=f"comma-separated, of {', '.join(CONFIGURATIONS)} (default: all)")
     run.add_argument("--rates", type=_rate_list, default=[2.0, 5.0, 30.0], help="input rates per camera, Hz")
-    run.add_argument("--image-size", type=_size, default=(512, 1024), help="HEIGHTxWIDTH of the rgb8 frames")
+    run.add_argument("--image-size", type=image_size_type, default=(512, 1024), help="HEIGHTxWIDTH of the rgb8 frames")
     run.add_argument("--duration", type=float, default=30.0, help="seconds measured per trial")
     run.add_argument("--warmup", type=float, default=5.0, help="seconds published before each trial is measured")
     run.add_argument("--lost-after", type=float, default=5.0,

@@ -11,6 +11,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
+from conftest import TINY_CLASSES, make_bank
 from PIL import Image
 
 from fpseg_core import FPSeg, tiny_config
@@ -18,8 +19,6 @@ from fpseg_core.cli.main import main as fpseg_main
 from fpseg_core.evaluation.precision import CURVE_MARGINS, PrecisionComparison, decision_margin
 from fpseg_core.export.onnx_export import export_onnx
 from fpseg_core.fusion import fuse
-
-from conftest import TINY_CLASSES, make_bank
 
 CONFIG = tiny_config("mobilesam", n_classes=len(TINY_CLASSES), prompt_size=4, img_size=128)
 
@@ -97,8 +96,9 @@ def test_bf16_figures_equal_a_straightforward_computation(random_model: FPSeg) -
             assert row["agreement"] == pytest.approx(float(equal[kept].double().mean()))
     assert [row["margin"] for row in report["confident"]] == [0.05, 0.3]
     assert [row["margin"] for row in report["curve"]] == list(CURVE_MARGINS)
-    name, ref_labels, cand_labels = comparison.worst
+    worst_name, ref_labels, cand_labels = comparison.worst
     assert (ref_labels == cand_labels).mean() == pytest.approx(report["labels"]["agreement_min_image"])
+    assert report["labels"]["worst_image"] == worst_name
 
 
 def test_comparisons_that_mean_nothing_are_refused(random_model: FPSeg) -> None:

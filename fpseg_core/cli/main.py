@@ -9,7 +9,8 @@ import sys
 from ..errors import FPSegError
 
 # Subcommand modules in fpseg_core/cli/, in the order `fpseg --help` lists them.
-COMMAND_MODULES = ("weights", "doctor", "segment", "info", "prompts", "bag_from_cityscapes", "eval_bag", "precompute",
+COMMAND_MODULES = ("weights", "doctor", "segment", "info", "prompts", "bag_from_cityscapes", "eval_bag",
+                   "synthetic_data", "precompute",
                    "train", "distill", "eval", "eval_labels", "train_regions", "eval_regions", "export_onnx",
                    "build_engine", "quantize", "compare_precision", "benchmark")
 # What to do about an OSError on a path the user gave, by kind (the first match wins).

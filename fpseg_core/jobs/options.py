@@ -29,6 +29,21 @@ def device_type(text: str) -> str:
     return text
 
 
+def image_size_type(text: str) -> tuple[int, int]:
+    """argparse `type=` for an image size written HEIGHTxWIDTH (rows first, as sensor_msgs/Image and numpy
+    shapes): '512x1024' -> (512, 1024)."""
+    height, sep, width = text.lower().partition("x")
+    try:
+        if not sep:
+            raise ValueError
+        size = int(height), int(width)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"image size is HEIGHTxWIDTH in pixels, e.g. 512x1024; got {text!r}") from None
+    if min(size) < 1:
+        raise argparse.ArgumentTypeError(f"image height and width must be at least 1, got {text!r}")
+    return size
+
+
 # Keys whose values need more than their type's check; each function raises argparse.ArgumentTypeError.
 KEY_TYPES = {"device": device_type}
 
