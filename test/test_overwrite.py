@@ -94,8 +94,20 @@ def benchmark(ws: Workspace, tmp: Path) -> Case:
             "--repeats", "1", "--warmup", "0", "--no-baseline", "--json", outputs[0], "--plot", outputs[1]], outputs
 
 
+def compare_precision(ws: Workspace, tmp: Path) -> Case:
+    outputs = [tmp / "precision.json", tmp / "precision.png"]
+    return ["compare-precision", image(tmp / "frame.png", 1), "--random-weights", "--dtype", "bf16", "--json",
+            outputs[0], "--plot", outputs[1]], outputs
+
+
+def synthetic_data(ws: Workspace, tmp: Path) -> Case:
+    return ["synthetic-data", "textures", "--out", tmp / "proxy", "--classes", "2", "--train", "1", "--val", "1",
+            "--test", "0", "--size", "24x32", "--no-progress"], [tmp / "proxy"]
+
+
 CASES: dict[str, Callable[[Workspace, Path], Case]] = {f.__name__: f for f in (
-    segment, prompts, eval_labels, eval_model, eval_bag, bag_from_cityscapes, train, distill, benchmark)}
+    segment, prompts, eval_labels, eval_model, eval_bag, bag_from_cityscapes, train, distill, benchmark,
+    compare_precision, synthetic_data)}
 
 
 @pytest.mark.parametrize("name", CASES)
