@@ -195,3 +195,18 @@ def test_benchmark_reports_precision_speedup_and_agreement(tmp_path: Path) -> No
         assert point["speedup_vs_fp32"] > 0 and 0 <= point["labels_equal_fp32_fraction"] <= 1
         assert point["speedup_vs_fp32"] == (point["fp32_reference"]["total"]["median_ms"]
                                             / point["fast"]["total"]["median_ms"])
+
+
+def test_benchmark_quantizes_the_decoder_when_asked(tmp_path: Path, capsys: pytest.CaptureFixture) -> None:
+    from fpseg_core.cli.main import main as fpseg_main
+
+    report = tmp_path / "bench.json"
+    argv = ["benchmark", "--tiny", "--backend", "openvino", "--dtype", "int8", "--classes", "2", "--prompt-sizes",
+            "4", "--height", "40", "--width", "64", "--repeats", "1", "--warmup", "0", "--no-baseline"]
+    assert fpseg_main([*argv, "--decoder", "int8", "--json", str(report)]) == 0
+    assert json.loads(report.read_text())["meta"]["precision"] == {"encoder": "int8", "decoder": "int8"}
+    capsys.readouterr()
+    assert fpseg_main([*argv[:5], "fp32", *argv[6:], "--decoder", "int8"]) == 2
+    err = capsys.readouterr().err
+    assert "--decoder int8 applies to the folder the benchmark quantizes itself" in err
+    assert len(err.strip().splitlines()) == 1

@@ -34,6 +34,7 @@ from tqdm import tqdm
 from .._version import __version__
 from ..backends.cpu_memory import keep_freed_memory
 from ..constants import DEVICE_FORMS, FUSIONS, QUANTIZED_DTYPES, RUNTIME_DTYPES
+from ..export.quantize import DECODER_PRECISIONS, DEFAULT_DECODER_PRECISION
 from ..files import atomic_path, atomic_write_text, check_output
 from ..jobs.options import device_type
 from ..modeling.build import ENCODERS, FPSegConfig, tiny_config
@@ -66,6 +67,10 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     parser.add_argument("--reference-engine-dir", type=Path,
                         help="the fp32 export --reference runs (default: --engine-dir; needed with --dtype int8 "
                              "and --engine-dir)")
+    parser.add_argument("--decoder", choices=DECODER_PRECISIONS, default=DEFAULT_DECODER_PRECISION,
+                        help="with --dtype int8 and random weights: the decoder's precision in the folder the "
+                             "benchmark quantizes, as `fpseg quantize --decoder` (default "
+                             f"{DEFAULT_DECODER_PRECISION})")
     parser.add_argument("--classes", default="1,2,5,10,19,33", help="comma-separated class counts")
     parser.add_argument("--prompt-sizes", default="8,16,32,64", help="comma-separated prompt sizes")
     parser.add_argument("--height", type=int, default=1024)
@@ -158,8 +163,9 @@ def _engine_dirs(args: argparse.Namespace, prompt_size: int, n_classes: int, scr
 
         calibration = scratch / "calibration.png"
         Image.fromarray(image).save(calibration)
-        progress.write(f"quantizing it to {args.dtype} on the benchmark image (random weights: timing only)")
-        quantize_export(export, [calibration], scratch / f"p{prompt_size}_{args.dtype}")
+        progress.write(f"quantizing it to {args.dtype} (decoder {args.decoder}) on the benchmark image (random "
+                       "weights: timing only)")
+        quantize_export(export, [calibration], scratch / f"p{prompt_size}_{args.dtype}", decoder=args.decoder)
         return scratch / f"p{prompt_size}_{args.dtype}", export
     reference_dir = args.reference_engine_dir or (args.engine_dir if args.dtype not in QUANTIZED_DTYPES else None)
     if reference_needs_export and reference_dir is None:
@@ -198,6 +204,10 @@ def run(args: argparse.Namespace) -> int:
     if args.reference is None:
         args.reference = "torch" if args.backend == "torch" else "onnxruntime"
     prompt_sizes = _int_list(args.prompt_sizes, "prompt-sizes")
+    if args.decoder != DEFAULT_DECODER_PRECISION and (args.dtype not in QUANTIZED_DTYPES or args.engine_dir
+                                                      or args.checkpoint):
+        raise ValueError(f"--decoder {args.decoder} applies to the folder the benchmark quantizes itself (--dtype "
+                         "int8, random weights, no --engine-dir); for your own folder pass `fpseg quantize --decoder`")
     for output in filter(None, (args.json, args.plot)):
         check_output(output, args.overwrite)
     if args.threads:
