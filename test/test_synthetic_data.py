@@ -25,6 +25,7 @@ from fpseg_core.data.synthetic import (
     write_natural_images,
     write_texture_dataset,
 )
+from fpseg_core.files import OutputExistsError
 
 SIZE = (64, 48)  # (width, height) of the written test images
 COLOR_TOLERANCE = 20.0  # grey levels: pixel noise is 1.5, the kinds' colour segments are >= 52 apart
@@ -331,3 +332,13 @@ def test_a_class_count_out_of_range_is_refused_by_the_command(tmp_path: Path,
     error = capsys.readouterr().err.strip().splitlines()
     assert len(error) == 1 and f"between 1 and {len(TEXTURES)}" in error[0]
     assert not (tmp_path / "out").exists()
+
+
+def test_overwrite_never_removes_files_it_did_not_write(tmp_path: Path) -> None:
+    root = write_texture_dataset(tmp_path / "ds", 2, {"train": 2}, size=SIZE, progress=False)
+    own = root / "images" / "train" / "my_photo.jpg"
+    own.write_bytes(b"not ours")
+    with pytest.raises(OutputExistsError, match="holds files this command did not write"):
+        write_texture_dataset(root, 2, {"train": 1}, size=SIZE, overwrite=True, progress=False)
+    assert own.read_bytes() == b"not ours"
+    assert (root / "images" / "train" / "scene_00001.png").is_file()  # nothing was touched

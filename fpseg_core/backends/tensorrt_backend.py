@@ -382,6 +382,7 @@ class TensorRTBackend:
             LOGGER.warning("%s", warning)
         check_model(self.engines, identity, self.folder)
         self.max_classes = self.engines["profile"]["max"]
+        self.precisions = dict(self.engines["precision"])  # per engine, as built (fp32 / fp16)
         self.low_res_size = self.engines["onnx"]["low_res_size"]
         self._logger = _logger(trt)
         self._runtime = trt.Runtime(self._logger)

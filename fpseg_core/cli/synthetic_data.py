@@ -72,7 +72,7 @@ def run(args: argparse.Namespace) -> int:
     if args.kind == "natural":
         paths = write_natural_images(args.out, options["count"], (width, height), seed=args.seed,
                                      overwrite=args.overwrite, progress=not args.no_progress)
-        print(f"wrote {len(paths)} natural-statistics image(s) of {width}x{height} to {args.out} ({paths[0].name} "
+        print(f"wrote {len(paths)} natural-statistics image(s) of {height}x{width} to {args.out} ({paths[0].name} "
               f"... {paths[-1].name}); e.g. calibrate with `fpseg quantize --onnx ONNX_DIR --calibration "
               f"{args.out}/natural_*.png --out INT8_DIR`")
         return 0
@@ -81,7 +81,7 @@ def run(args: argparse.Namespace) -> int:
     write_texture_dataset(args.out, options["classes"], splits, (width, height), seed=args.seed,
                           overwrite=args.overwrite, progress=not args.no_progress)
     counts = ", ".join(f"{split}: {n}" for split, n in splits.items())
-    print(f"wrote {sum(splits.values())} scene(s) of {width}x{height} with {len(names)} classes "
+    print(f"wrote {sum(splits.values())} scene(s) of {height}x{width} with {len(names)} classes "
           f"({', '.join(names)}) to {args.out} ({counts}); next: `fpseg precompute --dataset custom --data "
           f"{args.out} --splits {' '.join(splits)} --checkpoint CHECKPOINT --out EMBEDDINGS`")
     return 0

@@ -17,6 +17,11 @@ from .base import Frame, SegmentationDataset
 IMAGE_EXTENSIONS = (".png", ".jpg", ".jpeg")
 
 
+def find_images(folder: Path) -> list[Path]:
+    """The image files (IMAGE_EXTENSIONS, any case) under `folder` and its sub-folders, sorted."""
+    return sorted(p for p in folder.rglob("*") if p.suffix.lower() in IMAGE_EXTENSIONS)
+
+
 class MaskFolderDataset(SegmentationDataset):
     """Images with per-class binary masks; class names are the mask folder names unless given."""
 
@@ -41,10 +46,7 @@ class MaskFolderDataset(SegmentationDataset):
                 f"no mask folder for class(es) {', '.join(map(repr, unknown)) or '(none given)'} in "
                 f"{mask_folder}; classes present: {', '.join(available) or 'none'}"
             )
-        frames = [
-            Frame(p.relative_to(image_folder).with_suffix("").as_posix(), p)
-            for p in sorted(image_folder.rglob("*")) if p.suffix.lower() in IMAGE_EXTENSIONS
-        ]
+        frames = [Frame(p.relative_to(image_folder).with_suffix("").as_posix(), p) for p in find_images(image_folder)]
         super().__init__(root, split, frames, names)
         self._mask_folder = mask_folder
         self._available = available

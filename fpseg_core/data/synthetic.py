@@ -20,6 +20,7 @@ set is in the custom dataset layout that `MaskFolderDataset` reads (`fpseg train
 
 from __future__ import annotations
 
+import fnmatch
 import zlib
 from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass
@@ -87,6 +88,7 @@ MAX_SHAPE_TRIES = 20  # a shape too thin to cover a single pixel is drawn again
 # --- files ---------------------------------------------------------------------------------------------------
 CLASS_PREFIX = "texture_"  # class names are texture_<kind>, e.g. texture_checkerboard
 SCENE_NAME = "scene_{index:05d}"
+SCENE_GLOB = "scene_*.png"
 NATURAL_NAME = "natural_{index:04d}.png"
 NATURAL_GLOB = "natural_*.png"
 MASK_ON = 255
@@ -501,6 +503,15 @@ def write_natural_images(folder: str | Path, count: int, size: tuple[int, int] =
     return paths
 
 
+def _is_scene_file(root: Path, path: Path) -> bool:
+    """Whether `path` is where `write_texture_dataset` puts an image (images/<split>/scene_*.png) or a mask
+    (masks/<split>/texture_<kind>/scene_*.png)."""
+    parts = path.relative_to(root).parts
+    scene = fnmatch.fnmatch(parts[-1], SCENE_GLOB)
+    return scene and ((len(parts) == 3 and parts[0] == "images")
+                      or (len(parts) == 4 and parts[0] == "masks" and parts[2].startswith(CLASS_PREFIX)))
+
+
 def write_texture_dataset(root: str | Path, n_classes: int, splits: Mapping[str, int],
                           size: tuple[int, int] = (512, 512), seed: int = 0, overwrite: bool = False,
                           progress: bool = True) -> Path:
@@ -515,6 +526,8 @@ def write_texture_dataset(root: str | Path, n_classes: int, splits: Mapping[str,
     give byte-identical files, and a split's images do not depend on the other splits' counts.
     Refuses (OutputExistsError, a FileExistsError) a root whose images/ or masks/ already hold files unless
     `overwrite`; then the files this call does not write again are removed, so root holds exactly this set.
+    Files that are not a previous run's (other names, other folders) are refused even with `overwrite`: they are
+    never removed.
     """
     width, height = _check_seed_and_size(seed, size)
     names = texture_class_names(n_classes)
@@ -529,6 +542,11 @@ def write_texture_dataset(root: str | Path, n_classes: int, splits: Mapping[str,
     root = Path(root)
     trees = [root / "images", root / "masks"]
     existing = sorted(p for tree in trees if tree.is_dir() for p in tree.rglob("*") if p.is_file())
+    foreign = [p for p in existing if not _is_scene_file(root, p)]
+    if foreign:  # never removed, even with overwrite: they may be a real dataset's images
+        raise OutputExistsError(f"{root} holds files this command did not write ({len(foreign)}, e.g. {foreign[0]}); "
+                                "choose an empty folder (--overwrite replaces only scene_*.png files of a previous "
+                                "run)")
     _refuse_existing(existing, root, "a dataset in images/ and masks/", overwrite)
     for split in counts:
         (root / "images" / split).mkdir(parents=True, exist_ok=True)
