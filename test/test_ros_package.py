@@ -35,6 +35,7 @@ PIP_ONLY = {
     "onnx": "the ONNX export; no rosdep key: pip install '.[onnx]'",
     "onnxruntime": "the ONNX backend; only a pip rosdep key, and useless without onnx: pip install '.[onnx]'",
     "openvino": "the OpenVINO backend (not run by colcon); pip install '.[openvino]'",
+    "nncf": "int8 quantization for OpenVINO (not run by colcon); pip install '.[openvino]'",
     "rosbags": "the bag replay tools (not run by colcon); pip install '.[bag]'",
     "mcap": "checks of written bags (not run by colcon); pip install '.[bag]'",
     "cityscapesscripts": "the reference Cityscapes evaluation (not run by colcon); pip install '.[test]'",
