@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import logging
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field, replace
 from pathlib import Path
@@ -24,6 +25,8 @@ from safetensors.torch import load_file, save_file
 from .errors import PromptBankError
 from .files import SAFETENSORS_LENGTH_BYTES, atomic_write, file_kind, permission_message, unreadable_reason
 from .modeling.build import EMBED_DIM
+
+LOGGER = logging.getLogger("fpseg")
 
 TENSOR_KEY = "prompt_embeddings"
 FORMAT = "fpseg-prompt-bank/1"
@@ -275,9 +278,15 @@ class PromptBank:
     def check_fits(self, fingerprint: str, force: bool = False) -> None:
         """Refuse a bank tuned for another decoder than `fingerprint`, unless `force`.
 
-        Any prompt size fits a decoder; the fingerprint is what says the tokens were tuned against it.
+        Any prompt size fits a decoder; the fingerprint is what says the tokens were tuned against it. A bank that
+        records none (made by another tool) is accepted with a warning on the "fpseg" logger.
         """
-        if force or not self.decoder_fingerprint or self.decoder_fingerprint == fingerprint:
+        if force or self.decoder_fingerprint == fingerprint:
+            return
+        if not self.decoder_fingerprint:  # written by another tool: usable, but nothing says it fits
+            LOGGER.warning("prompt bank '%s' records no decoder fingerprint, so nothing says it was tuned for this "
+                           "model's decoder (%s); it is used unchecked (banks written by fpseg train / prompts "
+                           "record one)", self.path or self.source, fingerprint)
             return
         raise PromptBankError(
             f"prompt bank '{self.path or self.source}' was tuned for decoder {self.decoder_fingerprint}, but the "

@@ -373,3 +373,14 @@ def test_metadata_json_of_a_saved_bank_is_what_load_validates(tiny_model: FPSeg,
     metadata = json.loads(path.read_bytes()[8:8 + header_length])["__metadata__"]
     assert metadata["format"] == FORMAT and json.loads(metadata["names"]) == ["bus"]
     assert json.loads(metadata["extra"]) == {}
+
+
+def test_a_bank_without_a_decoder_fingerprint_loads_but_the_reply_says_it_is_unchecked(
+    controller: SegmentationController, tiny_model: FPSeg, tmp_path: Path
+) -> None:
+    unchecked = PromptBank(["bicycle"], _tokens(seed=6), "mobilesam", "", source="another tool")
+    update = controller.load_prompts(str(unchecked.save(tmp_path / "other_tool.safetensors")), activate=True)
+    assert update.success and "unchecked: the file records no decoder fingerprint" in update.message
+    assert tiny_model.bank.names == [*TINY_CLASSES, "bicycle"]
+    fingerprinted = controller.load_prompts(str(make_bank(tiny_model, ["car"]).save(tmp_path / "car.safetensors")))
+    assert fingerprinted.success and "unchecked" not in fingerprinted.message

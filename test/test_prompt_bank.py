@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import logging
 import os
 import stat
 from pathlib import Path
@@ -140,3 +141,17 @@ def test_palette_uses_cityscapes_colours_and_is_deterministic() -> None:
     mixed = blend(image, colours, alpha=0.5)
     assert tuple(mixed[0, 0]) == (100, 100, 100)  # 'none' leaves the camera image untouched
     assert tuple(mixed[0, 1]) == (114, 82, 114)
+
+
+def test_a_bank_without_a_fingerprint_is_used_with_a_warning(tiny_model, caplog) -> None:
+    unchecked = PromptBank(["road"], torch.randn(1, 4, 256), "mobilesam", "", source="another tool")
+    with caplog.at_level(logging.WARNING, logger="fpseg"):
+        tiny_model.set_bank(unchecked)
+    assert tiny_model.classes == ["road"]
+    warnings = [r.getMessage() for r in caplog.records if "records no decoder fingerprint" in r.getMessage()]
+    assert len(warnings) == 1 and "another tool" in warnings[0] and tiny_model.fingerprint in warnings[0]
+    caplog.clear()
+    with caplog.at_level(logging.WARNING, logger="fpseg"):
+        tiny_model.set_bank(unchecked, force=True)  # asked for: no warning
+        tiny_model.set_bank(make_bank(tiny_model, ["road"]))  # fingerprinted: no warning
+    assert not caplog.records

@@ -423,6 +423,8 @@ class SegmentationController:
             return self._refused(path, exc)
         verb = "replaced the bank with" if replace else "merged"
         message = f"{verb} {len(loaded)} class(es) from {path}: {', '.join(loaded.names)}"
+        if not loaded.decoder_fingerprint:
+            message += "; unchecked: the file records no decoder fingerprint, nothing says it fits this decoder"
         if dropped:
             message += f"; deactivated (not in the new bank): {', '.join(dropped)}"
         return PromptUpdate(True, message, list(bank.names), list(active))
