@@ -112,6 +112,25 @@ def test_resume_continues_from_the_saved_step(ws: Workspace) -> None:
                  "--resume") == 2  # another run's state is refused
 
 
+def test_pos_weight_scales_the_loss_of_the_class_pixels(ws: Workspace, capsys) -> None:
+    """The first step's loss (same batch, same initial prompts) is BCE + (pos_weight - 1) x the positive
+    pixels' term: linear in pos_weight, and pos_weight 1 is the paper's plain BCE."""
+    common = ["--data", ws.data, "--checkpoint", ws.checkpoint, "--embeddings", ws.embeddings, "--classes",
+              *CLASSES, "--val-every", "0", "--max-steps", "1", *QUICK_TRAIN]
+    first = {}
+    for weight in ("1", "3", "5"):
+        out = ws.root / f"pos_weight_{weight}"
+        assert fpseg("train", *common, "--out", out, "--pos-weight", weight) == 0
+        first[weight] = losses(out)[0]
+    assert fpseg("train", *common, "--out", ws.root / "plain") == 0
+    assert losses(ws.root / "plain")[0] == first["1"]
+    assert first["3"] > first["1"] + 1e-3
+    assert first["5"] - first["1"] == pytest.approx(2 * (first["3"] - first["1"]), rel=1e-4)
+    capsys.readouterr()
+    assert fpseg("train", *common, "--out", ws.root / "pos_weight_0", "--pos-weight", "0") == 2
+    assert "pos_weight must be a positive number" in capsys.readouterr().err
+
+
 def test_prompt_transfer_adds_a_class_to_a_deployed_bank(ws: Workspace, trained: Path, capsys) -> None:
     base = PromptBank.load(trained / "prompts.safetensors").subset(["road", "sky"])
     base.save(ws.root / "deployed.safetensors")

@@ -31,6 +31,8 @@ class TrainConfig:
     lr: float = option(0.01, "AdamW learning rate of the prompts")
     decoder_lr: float = option(1e-4, "AdamW learning rate of the decoder (with train_decoder)")
     weight_decay: float = option(0.01, "AdamW weight decay")
+    pos_weight: float = option(1.0, "BCE weight of a class's own pixels against the others (1: the paper's "
+                                    "plain BCE; above 1 for classes that cover little of their images)")
     batch_size: int = option(64, "samples per step, over all processes (divisible by their number)")
     epochs: int = option(10, "epochs; one epoch draws samples_per_class samples of every class")
     max_steps: int | None = option(None, "stop after this many steps in total (overrides epochs)")

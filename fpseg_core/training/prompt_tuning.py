@@ -88,6 +88,8 @@ def _check_config(config: TrainConfig) -> None:
             raise ValueError(f"{key} must be at least 1, got {getattr(config, key)}")
     if config.val_every < 0 or config.save_every < 0:
         raise ValueError("val_every and save_every must be 0 (off) or positive")
+    if not (math.isfinite(config.pos_weight) and config.pos_weight > 0):
+        raise ValueError(f"pos_weight must be a positive number (1: plain BCE), got {config.pos_weight}")
 
 
 def _deployed_bank(config: TrainConfig, frozen_fingerprint: str) -> PromptBank | None:
@@ -195,8 +197,9 @@ class PromptTuningJob(ResumableJob[TrainConfig]):
     def train_step(self, batch: dict[str, torch.Tensor]) -> float:
         device = self.ctx.device
         logits = self.trained(batch["embedding"].to(device), batch["class_index"].to(device))
+        pos_weight = None if self.config.pos_weight == 1 else torch.tensor(self.config.pos_weight, device=device)
         return self.optimizer_step(F.binary_cross_entropy_with_logits(
-            upsample_logits(logits, self.store.header.img_size), batch["target"].to(device)))
+            upsample_logits(logits, self.store.header.img_size), batch["target"].to(device), pos_weight=pos_weight))
 
     def validate(self, step: int) -> float:
         assert self.val_samples is not None, "validation is off (val_every 0)"
