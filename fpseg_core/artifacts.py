@@ -35,8 +35,12 @@ ENGINE_SIDECAR = "fpseg_engines.json"
 ENCODER_FILE = "encoder.onnx"
 DECODER_FILE = "decoder.onnx"
 GRAPH_FILES = {"encoder": ENCODER_FILE, "decoder": DECODER_FILE}
+# A graph over protobuf's 2 GiB limit (SAM vit_h's encoder) keeps its weights in one file beside it, listed in
+# the manifest's `files` under its own role: {"encoder_data": "encoder.onnx.data", ...}.
+EXTERNAL_DATA_BYTES = 2**31 - 2**24  # torch's exporter switches to external weights at 2 GiB; leave it headroom
+DATA_FILES = {f"{role}_data": f"{name}.data" for role, name in GRAPH_FILES.items()}
 ENGINE_FILES = {"encoder": "encoder.engine", "decoder": "decoder.engine"}
-EXPORT_OUTPUTS = (SIDECAR, *GRAPH_FILES.values())  # what `fpseg export-onnx` refuses to replace
+EXPORT_OUTPUTS = (SIDECAR, *GRAPH_FILES.values(), *DATA_FILES.values())  # what `fpseg export-onnx` refuses to replace
 ENGINE_OUTPUTS = (ENGINE_SIDECAR, *ENGINE_FILES.values())  # what `fpseg build-engine` refuses to replace
 FORMAT = "fpseg-onnx-export/3"
 ENGINE_FORMAT = "fpseg-tensorrt-engines/3"

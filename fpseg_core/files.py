@@ -16,9 +16,10 @@ import contextlib
 import grp
 import os
 import pwd
+import shutil
 import stat
 import tempfile
-from collections.abc import Callable, Iterable, Iterator
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from pathlib import Path
 
 from .errors import FPSegError
@@ -102,6 +103,14 @@ def atomic_write(path: str | Path, write: Callable[[Path], object]) -> Path:
     with atomic_path(path) as tmp:
         write(tmp)
     return Path(path)
+
+
+def install_staged(scratch: str | Path, names: Sequence[str], out: str | Path) -> None:
+    """Copy the finished files `names` from the folder `scratch` into `out`, each replaced atomically, in the
+    order given (put a graph's weights before the graph that refers to them)."""
+    for name in names:
+        with atomic_path(Path(out) / name) as tmp:
+            shutil.copyfile(Path(scratch) / name, tmp)
 
 
 def atomic_write_bytes(path: str | Path, data: bytes) -> Path:

@@ -269,6 +269,50 @@ def test_an_interrupted_export_leaves_no_sidecar_and_no_temporary_file(models: M
         pipeline(models.other_encoder, folder, backend="onnxruntime")
 
 
+def test_a_graph_over_the_protobuf_limit_keeps_its_weights_in_one_checked_data_file(
+        models: Models, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """SAM vit_h's encoder is over 2 GiB, where torch writes every weight as a file of its own beside the graph.
+    The export gathers them into encoder.onnx.data (no stray files), the manifest checks it like a graph, and a
+    later self-contained export removes it."""
+    import onnx
+
+    real_export = onnx_export._export
+
+    def as_torch_writes_big_models(module, args, path, *rest) -> None:
+        real_export(module, args, path, *rest)
+        if isinstance(module, onnx_export.EncoderGraph):
+            onnx.save_model(onnx.load(str(path)), str(path), save_as_external_data=True,
+                            all_tensors_to_one_file=False, size_threshold=0)
+
+    monkeypatch.setattr(onnx_export, "_export", as_torch_writes_big_models)
+    folder = tmp_path / "export"
+    export_onnx(models.reference, CONFIG, folder)
+    assert sorted(p.name for p in folder.iterdir()) == [
+        "decoder.onnx", "encoder.onnx", "encoder.onnx.data", "fpseg_onnx.json"]
+    manifest = json.loads((folder / "fpseg_onnx.json").read_text())
+    data = folder / "encoder.onnx.data"
+    assert manifest["files"]["encoder_data"] == file_entry(data)
+    assert (folder / "encoder.onnx").stat().st_size < data.stat().st_size / 10  # the weights are outside
+    image = np.random.default_rng(1).integers(0, 256, (70, 90, 3), dtype=np.uint8)
+    ort, reference = pipeline(models.reference, folder, backend="onnxruntime"), pipeline(models.reference, None)
+    ids = reference.resolve_classes(None)
+    logits_ort, logits_torch = ort.class_logits(image, ids), reference.class_logits(image, ids)
+    assert (logits_ort - logits_torch).abs().max() < 1e-3 * logits_torch.abs().max()
+
+    weights = bytearray(data.read_bytes())
+    weights[len(weights) // 2] ^= 0xFF
+    data.write_bytes(bytes(weights))
+    with pytest.raises(ExportError, match=r"encoder\.onnx\.data is not the encoder_data graph fpseg_onnx\.json "
+                                          r"describes: it has sha256"):
+        pipeline(models.reference, folder, backend="onnxruntime")
+
+    monkeypatch.setattr(onnx_export, "_export", real_export)
+    export_onnx(models.reference, CONFIG, folder, overwrite=True)
+    assert sorted(p.name for p in folder.iterdir()) == ["decoder.onnx", "encoder.onnx", "fpseg_onnx.json"]
+    assert "encoder_data" not in json.loads((folder / "fpseg_onnx.json").read_text())["files"]
+    assert pipeline(models.reference, folder, backend="onnxruntime").backend_name == "onnxruntime"
+
+
 def test_engine_manifests_are_checked_like_exports(models: Models, tmp_path: Path) -> None:
     """The engine side of `artifacts` without TensorRT: identity, prompt size, target and engine files."""
     for name in ENGINE_FILES.values():

@@ -7,7 +7,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from ..artifacts import ExportError, ModelIdentity, check_model, check_prompt_size, read_sidecar
+from ..artifacts import GRAPH_FILES, ExportError, ModelIdentity, check_model, check_prompt_size, read_sidecar
 from ..errors import FPSegError
 from ..export.quantize import is_quantized, quantized_refusal
 from ..modeling.build import EMBED_DIM
@@ -86,8 +86,8 @@ def verify_export(folder: str | Path, model: FPSegModel, class_counts: tuple[int
     sidecar = read_sidecar(folder)
     if is_quantized(sidecar):
         raise quantized_refusal(folder, "`fpseg export-onnx --verify` (ONNX Runtime against torch)")
-    for entry in sidecar["files"].values():
-        onnx.checker.check_model(str(folder / entry["name"]), full_check=True)
+    for role in GRAPH_FILES:
+        onnx.checker.check_model(str(folder / sidecar["files"][role]["name"]), full_check=True)
     backend = OnnxRuntimeBackend(folder, torch.device("cpu"), ModelIdentity.of(model, sidecar["input_mode"]),
                                  threads)
     generator = torch.Generator().manual_seed(0)

@@ -9,14 +9,18 @@ decoder runs on the same graphs. The decoder graph is `FastMaskDecoder` (class-i
 `fpseg_onnx.json` (format and checks in `fpseg_core.artifacts`) binds the graphs to the model they came
 from and lists each graph's op types (checked by `fpseg build-engine` against what TensorRT imports). Opset 17
 (the default) keeps every LayerNorm one LayerNormalization node; opset 16 decomposes it (ReduceMean / Pow /
-Sqrt), for ONNX parsers without LayerNormalization such as TensorRT 8.5's. Writing is safe to interrupt: the
-old manifest is removed first, each graph is written atomically, and the new manifest comes last, so a folder
-with a manifest always holds the graphs it describes.
+Sqrt), for ONNX parsers without LayerNormalization such as TensorRT 8.5's. A graph over protobuf's 2 GiB limit
+(SAM vit_h's encoder) keeps its weights in one data file beside it (encoder.onnx.data), which the manifest lists
+and checks like the graphs. Writing is safe to interrupt: the old manifest is removed first, each file is
+written atomically (a graph's data file before the graph), and the new manifest comes last, so a folder with a
+manifest always holds the files it describes.
 """
 
 from __future__ import annotations
 
 import json
+import os
+import tempfile
 import time
 import warnings
 from itertools import chain
@@ -28,7 +32,9 @@ from torch import nn
 
 from .._version import __version__
 from ..artifacts import (
+    DATA_FILES,
     EXPORT_OUTPUTS,
+    EXTERNAL_DATA_BYTES,
     FORMAT,
     GRAPH_FILES,
     LAYERNORM_OPSET,
@@ -39,7 +45,7 @@ from ..artifacts import (
     file_entry,
 )
 from ..constants import INPUT_MODES, MAX_CLASSES, require_choice
-from ..files import atomic_path, atomic_write_text
+from ..files import atomic_write_text, install_staged
 from ..modeling.build import EMBED_DIM, FPSegConfig
 from ..modeling.fast_decoder import FastMaskDecoder
 from ..modeling.fpseg import FPSegModel
@@ -102,9 +108,9 @@ def export_onnx(
         "decoder": (DecoderGraph(model), (embedding, prompts), ["image_embeddings", "prompt_tokens"],
                     ["low_res_logits"], {"prompt_tokens": {0: "classes"}, "low_res_logits": {1: "classes"}}),
     }
+    written = {}
     for role, (module, args, input_names, output_names, dynamic_axes) in graphs.items():
-        with atomic_path(out / GRAPH_FILES[role]) as tmp:
-            _export(module, args, tmp, input_names, output_names, opset, dynamic_axes)
+        written.update(_write_graph(role, out, module, args, input_names, output_names, opset, dynamic_axes))
     state = model.state_dict()
     sidecar = {
         "format": FORMAT,
@@ -123,7 +129,7 @@ def export_onnx(
         "decoder_fingerprint": decoder_fingerprint(state),
         "input_mode": input_mode,
         "decoder_output": "low_res_logits",
-        "files": {role: file_entry(out / name) for role, name in GRAPH_FILES.items()},
+        "files": {role: file_entry(out / name) for role, name in written.items()},
         "inputs": {role: graph[2] for role, graph in graphs.items()},
         "fpseg_core_version": __version__,
         "torch_version": torch.__version__,
@@ -146,6 +152,34 @@ def graph_ops(path: Path) -> list[str]:
             graphs += [attribute.g for attribute in node.attribute if attribute.HasField("g")]
             graphs += list(chain.from_iterable(attribute.graphs for attribute in node.attribute))
     return sorted(found)
+
+
+def _write_graph(role: str, out: Path, module: nn.Module, args: tuple, input_names: list[str],
+                 output_names: list[str], opset: int, dynamic_axes: dict | None) -> dict[str, str]:
+    """Export `module` into `out` as GRAPH_FILES[role]; returns {role: file name} for each file written (the
+    graph, and for a graph over EXTERNAL_DATA_BYTES its weights).
+
+    The export runs in a scratch folder inside `out`: for a model over 2 GiB torch writes every weight as a
+    file of its own beside the graph. Such a graph is saved again with all its weights in one data file
+    (DATA_FILES), which is moved in before the graph that refers to it; a self-contained graph replaces any
+    data file an earlier (larger) export left.
+    """
+    import onnx
+
+    name, data_role = GRAPH_FILES[role], f"{role}_data"
+    with tempfile.TemporaryDirectory(prefix=".export.", dir=out) as scratch:
+        staged = Path(scratch) / name
+        _export(module, args, staged, input_names, output_names, opset, dynamic_axes)
+        if len(os.listdir(scratch)) == 1 and staged.stat().st_size < EXTERNAL_DATA_BYTES:
+            install_staged(scratch, [name], out)
+            (out / DATA_FILES[data_role]).unlink(missing_ok=True)
+            return {role: name}
+        consolidated = Path(scratch) / "consolidated"
+        consolidated.mkdir()
+        onnx.save_model(onnx.load(str(staged)), str(consolidated / name), save_as_external_data=True,
+                        all_tensors_to_one_file=True, location=DATA_FILES[data_role])
+        install_staged(consolidated, [DATA_FILES[data_role], name], out)
+    return {data_role: DATA_FILES[data_role], role: name}
 
 
 def _export(module: nn.Module, args: tuple, path: Path, input_names: list[str], output_names: list[str],

@@ -20,7 +20,6 @@ from __future__ import annotations
 
 import hashlib
 import json
-import shutil
 import tempfile
 import time
 from collections.abc import Mapping, Sequence
@@ -32,7 +31,7 @@ import torch
 
 from .._version import __version__
 from ..artifacts import SIDECAR, ExportError, check_outputs, file_entry, read_sidecar
-from ..files import atomic_path, atomic_write_text
+from ..files import atomic_write_text, install_staged
 from ..image_io import read_image
 from ..modeling.build import EMBED_DIM
 from ..preprocess import preprocess
@@ -169,6 +168,4 @@ def _save_ir(ov: Any, model: Any, out: Path, xml_name: str, bin_name: str) -> No
     with tempfile.TemporaryDirectory(prefix=".quantize.", dir=out) as scratch:
         staged = Path(scratch) / xml_name
         ov.save_model(model, str(staged), compress_to_fp16=False)
-        for name in (bin_name, xml_name):
-            with atomic_path(out / name) as tmp:
-                shutil.copyfile(Path(scratch) / name, tmp)
+        install_staged(scratch, (bin_name, xml_name), out)
