@@ -37,7 +37,7 @@ from ..training.bookkeeping import (
     LoopProgress,
     ResumableJob,
     claim_run_folder,
-    run_training_loop,
+    run_job,
     steps_per_epoch,
 )
 from .config import RegionTrainConfig
@@ -184,10 +184,4 @@ def train_regions(config: RegionTrainConfig, overwrite: bool = False) -> Path:
     resuming = claim_run_folder(Path(config.out), OUTPUTS, config.resume, overwrite)
     store = region_store(config, Path(config.out))
     ctx = init_distributed(config.device)
-    job = RegionTrainingJob(config, ctx, store)
-    progress = run_training_loop(job.settings, ctx, job.out, job.resume_or_start(resuming), job)
-    if ctx.is_main:
-        best = f" (best validation macro F1 {progress.best:.4f} at step {progress.best_step})" \
-            if progress.best is not None else ""
-        print(f"wrote {job.out / DECODER_FILE}{best}", file=sys.stderr)
-    return job.out
+    return run_job(RegionTrainingJob(config, ctx, store), ctx, resuming, DECODER_FILE, "macro F1")

@@ -351,3 +351,14 @@ def run_training_loop(settings: LoopSettings, ctx: DistContext, out: Path, progr
         train_log.close()
     ctx.barrier()
     return progress
+
+
+def run_job(job: ResumableJob, ctx: DistContext, resuming: bool, result: str, metric: str) -> Path:
+    """Run (or, with `resuming`, resume) `job`'s training loop; rank 0 then says which `result` file in the
+    run folder holds the outcome and the best validation `metric` (words for messages). Returns the folder."""
+    progress = run_training_loop(job.settings, ctx, job.out, job.resume_or_start(resuming), job)
+    if ctx.is_main:
+        best = f" (best validation {metric} {progress.best:.6g} at step {progress.best_step})" \
+            if progress.best is not None else ""
+        print(f"wrote {job.out / result}{best}", file=sys.stderr)
+    return job.out

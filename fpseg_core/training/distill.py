@@ -6,7 +6,6 @@ decoder: the decoder fingerprint is unchanged, so prompt banks tuned for the tea
 
 from __future__ import annotations
 
-import sys
 from pathlib import Path
 from typing import Any
 
@@ -30,7 +29,7 @@ from .bookkeeping import (
     LoopProgress,
     ResumableJob,
     claim_run_folder,
-    run_training_loop,
+    run_job,
     steps_per_epoch,
 )
 from .config import DistillConfig
@@ -195,10 +194,4 @@ def distill(config: DistillConfig, overwrite: bool = False) -> Path:
     # every process decides before any joins the process group, so before rank 0 clears or writes anything
     resuming = claim_run_folder(Path(config.out), RUN_OUTPUTS, config.resume, overwrite)
     ctx = init_distributed(config.device)
-    job = DistillationJob(config, ctx)
-    progress = run_training_loop(job.settings, ctx, job.out, job.resume_or_start(resuming), job)
-    if ctx.is_main:
-        best = f" (best validation MSE {progress.best:.6g} at step {progress.best_step})" \
-            if progress.best is not None else ""
-        print(f"wrote {job.out / CHECKPOINT_FILE}{best}", file=sys.stderr)
-    return job.out
+    return run_job(DistillationJob(config, ctx), ctx, resuming, CHECKPOINT_FILE, "MSE")

@@ -35,7 +35,7 @@ from .bookkeeping import (
     LoopProgress,
     ResumableJob,
     claim_run_folder,
-    run_training_loop,
+    run_job,
     steps_per_epoch,
 )
 from .config import TrainConfig
@@ -252,10 +252,4 @@ def train(config: TrainConfig, overwrite: bool = False) -> Path:
     # every process decides before any joins the process group, so before rank 0 clears or writes anything
     resuming = claim_run_folder(Path(config.out), OUTPUTS, config.resume, overwrite)
     ctx = init_distributed(config.device)
-    job = PromptTuningJob(config, ctx)
-    progress = run_training_loop(job.settings, ctx, job.out, job.resume_or_start(resuming), job)
-    if ctx.is_main:
-        best = f" (best validation binary IoU {progress.best:.4f} at step {progress.best_step})" \
-            if progress.best is not None else ""
-        print(f"wrote {job.out / BANK_FILE}{best}", file=sys.stderr)
-    return job.out
+    return run_job(PromptTuningJob(config, ctx), ctx, resuming, BANK_FILE, "binary IoU")
