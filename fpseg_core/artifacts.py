@@ -183,8 +183,10 @@ def _check_files(manifest: Mapping[str, Any], folder: Path) -> None:
     _check_file_entries(manifest.get("files"), folder / sidecar, _command(manifest, folder))
     for role, entry in manifest["files"].items():
         path = folder / entry["name"]
+        graph, _, part = role.partition("_")  # encoder_data (ONNX), encoder_weights (OpenVINO IR): weights
+        what = f"{graph} {'weights' if part else noun}"
         if not path.is_file():
-            raise ExportError(f"{folder} lacks the {role} {noun} {entry['name']}; write it again: "
+            raise ExportError(f"{folder} lacks the {what} {entry['name']}; write it again: "
                               f"{_command(manifest, folder)}")
         size = path.stat().st_size
         if size != entry["bytes"]:
@@ -193,7 +195,7 @@ def _check_files(manifest: Mapping[str, Any], folder: Path) -> None:
             found, recorded = f"sha256 {sha256_file(path)}", f"sha256 {entry['sha256']}"
         if found != recorded:
             raise ExportError(
-                f"{path} is not the {role} {noun} {sidecar} describes: it has {found}, {sidecar} records "
+                f"{path} is not the {what} {sidecar} describes: it has {found}, {sidecar} records "
                 f"{recorded} (replaced after the export, or an interrupted write); write it again: "
                 f"{_command(manifest, folder)}"
             )

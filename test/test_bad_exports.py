@@ -302,7 +302,7 @@ def test_a_graph_over_the_protobuf_limit_keeps_its_weights_in_one_checked_data_f
     weights = bytearray(data.read_bytes())
     weights[len(weights) // 2] ^= 0xFF
     data.write_bytes(bytes(weights))
-    with pytest.raises(ExportError, match=r"encoder\.onnx\.data is not the encoder_data graph fpseg_onnx\.json "
+    with pytest.raises(ExportError, match=r"encoder\.onnx\.data is not the encoder weights fpseg_onnx\.json "
                                           r"describes: it has sha256"):
         pipeline(models.reference, folder, backend="onnxruntime")
 

@@ -118,7 +118,7 @@ def test_changed_weights_file_is_refused(quantized: Quantized, tmp_path: Path) -
     copied = shutil.copytree(quantized.int8, tmp_path / "int8")
     with open(copied / "encoder.bin", "r+b") as weights:
         weights.write(b"\0\0\0\0")
-    with pytest.raises(ExportError, match=r"encoder\.bin is not the encoder_weights graph"):
+    with pytest.raises(ExportError, match=r"encoder\.bin is not the encoder weights fpseg_onnx\.json describes"):
         read_sidecar(copied)
 
 

@@ -174,11 +174,13 @@ def _write_graph(role: str, out: Path, module: nn.Module, args: tuple, input_nam
             install_staged(scratch, [name], out)
             (out / DATA_FILES[data_role]).unlink(missing_ok=True)
             return {role: name}
-        consolidated = Path(scratch) / "consolidated"
-        consolidated.mkdir()
-        onnx.save_model(onnx.load(str(staged)), str(consolidated / name), save_as_external_data=True,
-                        all_tensors_to_one_file=True, location=DATA_FILES[data_role])
-        install_staged(consolidated, [DATA_FILES[data_role], name], out)
+        graph = onnx.load(str(staged))
+        for loaded in os.listdir(scratch):  # the weights are in memory now: free their disk space first
+            os.unlink(Path(scratch) / loaded)
+        onnx.save_model(graph, str(staged), save_as_external_data=True, all_tensors_to_one_file=True,
+                        location=DATA_FILES[data_role])
+        del graph
+        install_staged(scratch, [DATA_FILES[data_role], name], out)
     return {data_role: DATA_FILES[data_role], role: name}
 
 

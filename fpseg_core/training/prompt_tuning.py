@@ -134,7 +134,8 @@ class PromptTuningJob(ResumableJob[TrainConfig]):
         self.identity = {"kind": "prompt_tuning", "classes": list(self.class_names),
                          "frozen_fingerprint": self.frozen_fingerprint, "prompt_size": self.prompt_size,
                          "train_decoder": c.train_decoder, "seed": c.seed, "batch_size": c.batch_size,
-                         "samples_per_class": self.n_per_class, "p_neg_max": c.p_neg_max}
+                         "samples_per_class": self.n_per_class, "p_neg_max": c.p_neg_max,
+                         "pos_weight": c.pos_weight}
         n_items = self.n_per_class * len(self.class_names)
         self.settings = self.loop_settings(steps_per_epoch(n_items, c.batch_size), "binary_iou", True)
 
