@@ -21,7 +21,6 @@ agreement against the delta and the worst image's disagreements.
 
 from __future__ import annotations
 
-import dataclasses
 import math
 from collections.abc import Sequence
 from pathlib import Path
@@ -108,7 +107,6 @@ class PrecisionComparison:
             "embedding_rel_l2", "embedding_cosine", "logits_rel_l2", "logits_abs_error", "agreement")}
         self._pixels = self._agree = 0
         self.worst: tuple[str, np.ndarray, np.ndarray] | None = None  # (name, reference labels, candidate labels)
-        self._worst_agreement = 1.0
 
     @property
     def images(self) -> int:
@@ -117,9 +115,10 @@ class PrecisionComparison:
     def add(self, name: str, image: np.ndarray, color_order: ColorOrder = "rgb") -> float:
         """Run both pipelines on `image` (H x W x 3 uint8) and accumulate; returns its label agreement."""
         ref = self.reference.network_outputs(image, self.class_ids, color_order)
+        cand = self.candidate.network_outputs(image, self.class_ids, color_order)
         device = ref.logits.device  # the candidate may run elsewhere (a GPU reference, a CPU runtime)
-        cand_embedding, cand_low_res, cand_logits = (t.to(device) for t in dataclasses.astuple(
-            self.candidate.network_outputs(image, self.class_ids, color_order)))
+        cand_embedding, cand_low_res, cand_logits = (t.to(device) for t in (cand.embedding, cand.low_res,
+                                                                              cand.logits))
         stats = self._per_image
         stats["embedding_rel_l2"].append(_relative_l2(cand_embedding, ref.embedding))
         stats["embedding_cosine"].append(float(torch.nn.functional.cosine_similarity(
@@ -144,8 +143,7 @@ class PrecisionComparison:
         agreement = float(equal.double().mean())
         self._pixels += equal.numel()
         self._agree += int(equal.sum())
-        if self.worst is None or agreement < self._worst_agreement:
-            self._worst_agreement = agreement
+        if self.worst is None or agreement < min(stats["agreement"]):
             self.worst = (name, ref_labels.cpu().numpy(), cand_labels.cpu().numpy())
         stats["agreement"].append(agreement)
         return agreement
